@@ -1,0 +1,110 @@
+# gpufleet.serving: every target installs what it needs (apt and pip) and is
+# safe to run again. `make demo` runs the main job; `make test` runs every test.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+CACHE := $(ROOT)/.cache
+BIN := $(VENV)/bin
+PYTHON ?= python3
+ANSIBLE_WHEEL_VERSION := 12.3.0
+COLLECTIONS := containers.podman ansible.posix
+APT_PACKAGES := podman runc debootstrap git
+MOLECULE_SCENARIOS ?= fleet
+
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+export CONTAINERS_CONF := $(CACHE)/podman/containers.conf
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help deps apt venv collections fleet-image unit lint sanity ruff ansible-lint \
+        molecule test demo demo-down clean distclean
+
+help:
+	@echo "make demo        bring the local fleet up and run the main job"
+	@echo "make test        unit tests, lint, molecule scenarios"
+	@echo "make lint        ruff, ansible-lint (production, offline), ansible-test sanity"
+	@echo "make fleet-image build the Debian 12 + systemd image (only when missing)"
+	@echo "make clean       remove fleet containers, networks, the image and build outputs"
+
+# --- installation ----------------------------------------------------------
+$(CACHE)/apt.stamp: Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p $(CACHE) && touch $@
+
+apt: $(CACHE)/apt.stamp
+
+$(VENV)/.stamp: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+$(CACHE)/collections/.stamp: $(VENV)/.stamp tests/fleet/extract_collections.py
+	mkdir -p $(CACHE)/wheels
+	test -f $(CACHE)/wheels/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl || \
+	  $(BIN)/pip download -q --no-deps 'ansible==$(ANSIBLE_WHEEL_VERSION)' -d $(CACHE)/wheels
+	$(BIN)/python tests/fleet/extract_collections.py \
+	  $(CACHE)/wheels/ansible-$(ANSIBLE_WHEEL_VERSION)-py3-none-any.whl $(CACHE)/collections $(COLLECTIONS)
+	touch $@
+
+collections: $(CACHE)/collections/.stamp
+
+deps: apt venv collections
+
+fleet-image: apt
+	tests/fleet/fleet.sh image
+
+# --- tests -----------------------------------------------------------------
+unit: venv collections
+	$(BIN)/pytest -q tests/unit
+
+ruff: venv
+	$(BIN)/ruff check .
+
+ansible-lint: venv collections
+	$(BIN)/ansible-lint --offline --profile production
+
+sanity: venv apt
+	tests/sanity/run.sh sanity
+
+lint: ruff ansible-lint sanity
+
+molecule: deps fleet-image
+	@for s in $(MOLECULE_SCENARIOS); do \
+	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
+	  $(BIN)/molecule test -s $$s || exit 1; \
+	  echo "=== molecule $$s passed in $$(( $$(date +%s) - start ))s"; \
+	done
+
+test: unit lint molecule
+
+# --- the demo --------------------------------------------------------------
+DEMO_HOSTS := gpu1 gpu2 gw1
+
+demo: deps fleet-image
+	tests/fleet/fleet.sh up $(DEMO_HOSTS)
+	tests/fleet/fleet.sh status
+	$(BIN)/ansible all -m ansible.builtin.setup -a 'gather_subset=!all,!min,distribution' -o | cut -c1-160
+	@echo "The fleet is up. Tear it down with: make demo-down"
+
+demo-down:
+	tests/fleet/fleet.sh down $(DEMO_HOSTS)
+
+# --- cleaning --------------------------------------------------------------
+clean:
+	-tests/fleet/fleet.sh down
+	-podman network rm gpufleet-test >/dev/null 2>&1
+	-podman image rm -f localhost/gpufleet-debian:12 >/dev/null 2>&1
+	rm -rf $(CACHE)/sanity $(CACHE)/facts .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(CACHE)
