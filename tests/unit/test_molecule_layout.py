@@ -1,0 +1,41 @@
+"""Every molecule scenario runs on the shared fleet host definition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = yaml.safe_load((ROOT / ".config/molecule/config.yml").read_text())
+HOST_SETTINGS = {k: v for k, v in BASE["platforms"][0].items() if k not in ("name", "groups", "network")}
+SCENARIOS = sorted(p.parent for p in (ROOT / "molecule").glob("*/molecule.yml"))
+
+
+def test_base_has_the_fleet_hosts():
+    assert [p["name"] for p in BASE["platforms"]] == ["t-gpu1", "t-gpu2"]
+    assert BASE["driver"]["name"] == "podman"
+    assert BASE["prerun"] is False
+    assert BASE["dependency"]["enabled"] is False
+    assert HOST_SETTINGS["image"] == "localhost/gpufleet-debian:12"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
+def test_scenario_hosts_keep_fleet_settings(scenario):
+    config = yaml.safe_load((scenario / "molecule.yml").read_text()) or {}
+    for platform in config.get("platforms", []):
+        for key, value in HOST_SETTINGS.items():
+            if key == "image":
+                # A scenario may use an image built on top of the fleet image.
+                assert str(platform.get(key, "")).startswith("localhost/gpufleet-"), (scenario.name, platform["name"])
+                continue
+            assert platform.get(key) == value, (scenario.name, platform["name"], key)
+        assert str(platform.get("network", "")).startswith("gpufleet-test"), (scenario.name, platform["name"])
+
+
+def test_scenarios_in_make_test():
+    makefile = (ROOT / "Makefile").read_text()
+    line = next(x for x in makefile.splitlines() if x.startswith("MOLECULE_SCENARIOS"))
+    listed = line.split("=", 1)[1].split()
+    assert sorted(listed) == sorted(p.name for p in SCENARIOS), "every scenario runs in make test"
