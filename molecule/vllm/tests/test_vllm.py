@@ -1,0 +1,154 @@
+"""The vllm role on a real host: real vLLM (CPU build) under systemd.
+
+The same tests run after the `dp` converge and after the switch to `tp`; they
+read the plan the host realises from /etc/vllm/plan.json.
+"""
+
+import json
+import time
+
+import pytest
+
+testinfra_hosts = ["podman://t-vllm1"]
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def plan(host):
+    return json.loads(host.file("/etc/vllm/plan.json").content_string)
+
+
+def post(host, port, path, body, stream=False):
+    cmd = "curl -sS -N --max-time 60 -H 'content-type: application/json' -d %s http://127.0.0.1:%s%s"
+    out = host.run(cmd, json.dumps(body), str(port), path)
+    assert out.rc == 0, out.stderr
+    return out.stdout if stream else json.loads(out.stdout)
+
+
+def unit_pids(host, unit):
+    out = host.run("cat /sys/fs/cgroup/system.slice/system-vllm.slice/%s/cgroup.procs 2>/dev/null || "
+                   "cat /sys/fs/cgroup/systemd/system.slice/system-vllm.slice/%s/cgroup.procs", unit, unit)
+    return {int(p) for p in out.stdout.split()}
+
+
+def wait_ready(host, port, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = host.run("curl -s -o /dev/null -w '%%{http_code}' -H 'content-type: application/json' "
+                       "-d '{\"model\": \"%s\", \"prompt\": \"ping\", \"max_tokens\": 1}' "
+                       "http://127.0.0.1:%s/v1/completions" % (MODEL, port))
+        if out.stdout.strip() == "200":
+            return
+        time.sleep(3)
+    raise AssertionError("instance on port %s not ready after %ss" % (port, timeout))
+
+
+def test_plan_shape(plan):
+    if plan["topology"] == "dp":
+        assert [i["gpus"] for i in plan["instances"]] == [[0], [1]]
+        assert [i["port"] for i in plan["instances"]] == [8001, 8002]
+    else:
+        assert plan["topology"] == "tp"
+        assert plan["tensor_parallel_size"] == 2
+        assert [i["gpus"] for i in plan["instances"]] == [[0, 1]]
+
+
+def test_units_active_and_enabled(host, plan):
+    for inst in plan["instances"]:
+        svc = host.service("vllm@%s" % inst["name"])
+        assert svc.is_running and svc.is_enabled, inst["name"]
+
+
+def test_environment_files(host, plan):
+    for inst in plan["instances"]:
+        env = host.file("/etc/vllm/%s.env" % inst["name"])
+        assert env.mode == 0o640 and env.group == "vllm"
+        text = env.content_string
+        assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in text
+        assert "HF_HUB_OFFLINE=1" in text
+        assert "VLLM_CPU_OMP_THREADS_BIND=%s" % "|".join(str(g) for g in inst["gpus"]) in text
+        assert "--port %s" % inst["port"] in text
+        if plan["topology"] == "tp":
+            assert "--tensor-parallel-size 2" in text
+
+
+def test_listens_only_on_loopback(host, plan):
+    listening = host.run("ss -Hltn").stdout.split("\n")
+    addrs = [line.split()[3] for line in listening if line.strip()]
+    assert addrs, "nothing listens"
+    for addr in addrs:
+        assert addr.startswith(("127.0.0.1:", "[::1]:")), addr
+    for inst in plan["instances"]:
+        assert host.socket("tcp://127.0.0.1:%s" % inst["port"]).is_listening
+
+
+def test_nothing_left_of_other_topologies(host, plan):
+    names = {i["name"] for i in plan["instances"]}
+    units = host.run("systemctl list-units --all --plain --no-legend 'vllm@*'").stdout.split("\n")
+    running = {u.split()[0][len("vllm@"):-len(".service")] for u in units if u.strip()}
+    assert running == names
+    envs = host.run("ls /etc/vllm").stdout.split()
+    assert sorted(e[:-4] for e in envs if e.endswith(".env")) == sorted(names)
+    enabled = host.run("ls /etc/systemd/system/multi-user.target.wants/").stdout.split()
+    assert sorted(e for e in enabled if e.startswith("vllm@")) == sorted("vllm@%s.service" % n for n in names)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_on_every_instance(host, plan, stream):
+    for inst in plan["instances"]:
+        body = {"model": MODEL, "prompt": "hello fleet", "max_tokens": 8, "stream": stream}
+        out = post(host, inst["port"], "/v1/completions", body, stream=stream)
+        if stream:
+            events = [e for e in out.split("\n\n") if e.startswith("data: ")]
+            assert events[-1] == "data: [DONE]"
+            assert len(events) >= 3, out
+        else:
+            assert out["usage"]["completion_tokens"] >= 1
+            assert out["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_chat_completions_on_every_instance(host, plan):
+    for inst in plan["instances"]:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        out = post(host, inst["port"], "/v1/chat/completions", body)
+        assert out["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_unit_properties(host, plan):
+    props = host.service("vllm@%s" % plan["instances"][0]["name"]).systemd_properties
+    assert props["KillMode"] == "control-group"
+    assert props["Restart"] == "on-failure"
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["PrivateTmp"] == "yes"
+    assert props["User"] == "vllm"
+    assert int(props["StartLimitBurst"]) >= 1
+
+
+def test_security_exposure_at_most_3(host, plan):
+    unit = "vllm@%s.service" % plan["instances"][0]["name"]
+    out = host.run("systemd-analyze security --no-pager %s", unit)
+    last = [line for line in out.stdout.split("\n") if "Overall exposure level" in line][0]
+    score = float(last.split(":")[1].split()[0])
+    print("systemd-analyze security %s: %s" % (unit, score))
+    assert score <= 3.0, last
+
+
+def test_sigkill_leaves_no_orphans_and_unit_recovers(host, plan):
+    inst = plan["instances"][0]
+    unit = "vllm@%s.service" % inst["name"]
+    main_pid = int(host.run("systemctl show -p MainPID --value %s", unit).stdout)
+    before = unit_pids(host, unit)
+    assert main_pid in before and len(before) > 1, before
+    host.run("kill -9 %s", str(main_pid))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        alive = {p for p in before if host.run("test -d /proc/%s", str(p)).rc == 0}
+        if not alive:
+            break
+        time.sleep(1)
+    assert not alive, "processes of the killed instance survive: %s" % alive
+    wait_ready(host, inst["port"])
+    new_pid = int(host.run("systemctl show -p MainPID --value %s", unit).stdout)
+    assert new_pid not in (0, main_pid)
+    assert host.service("vllm@%s" % inst["name"]).is_running
