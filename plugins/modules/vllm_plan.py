@@ -1,0 +1,368 @@
+#!/usr/bin/python
+# Copyright (c) 2026, gpufleet.serving contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: vllm_plan
+short_description: Choose how vLLM uses a server's GPUs (data parallel, tensor parallel, or vLLM's own data parallel), with reasons
+version_added: 0.1.0
+description:
+  - Plans how vLLM serves one model on one server, from the server's GPU facts (or a catalogue profile of cards
+    that are not there) and the model's C(config.json), and returns the plan as the C(vllm_plan) fact.
+  - Checks that weights plus the KV cache for O(max_model_len) x O(concurrency) tokens plus O(overhead_gib) fit
+    within O(gpu_memory_utilization) of each card, for dense, mixture-of-experts (every expert counts) and
+    multi-head latent attention (MLA) models. Weight bytes are exact when C(model.safetensors.index.json) or
+    C(*.safetensors) files sit next to C(config.json) (only their headers are read), else computed from the
+    parameter count.
+  - Chooses data parallel (one vLLM per card) when a copy fits one card, tensor parallel of the smallest degree
+    that fits otherwise (several tensor-parallel instances on four or more cards), and vLLM's own
+    C(--data-parallel-size) when O(single_endpoint=true). For O(objective=latency) it estimates the per-token
+    time at batch 1 from the card's memory bandwidth and the interconnect, and uses tensor parallel only when
+    that pays.
+  - Refuses MIG-enabled cards, and models that fit nowhere, saying by how much they miss and what would fit
+    (fewer tokens, fp8, int4, more or bigger cards). Every refusal names the parameter to change.
+  - Reads only the model's files on the host the module runs on (delegate it to the control node to plan from
+    a model there); changes nothing.
+author: gpufleet.serving contributors (@gpufleet)
+requirements:
+  - Python 3.8 or later. No third-party library.
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.facts
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  facts:
+    support: full
+  platform:
+    platforms: posix
+options:
+  gpus:
+    description:
+      - The C(nvidia_gpus) facts of the server, as returned by M(gpufleet.serving.nvidia_gpu_facts).
+      - Mutually exclusive with O(gpu_profile); one of the two is required.
+    type: dict
+  gpu_profile:
+    description:
+      - Plan for O(gpu_count) cards of a catalogue profile instead of real facts.
+      - 'Profiles: V(rtx-3050-8gb), V(rtx-3060-12gb), V(rtx-3090), V(rtx-3090-nvlink), V(rtx-4060-ti-16gb),
+        V(rtx-4090), V(rtx-5080), V(rtx-5090), V(rtx-a4000), V(rtx-a6000), V(rtx-a6000-nvlink), V(rtx-6000-ada),
+        V(l4), V(l40s), V(a100-40gb), V(a100-80gb), V(a100-80gb-pcie), V(h100-pcie), V(h100-pcie-nvlink),
+        V(h100-sxm), V(h200). Case, spaces and underscores do not matter.'
+      - The V(-nvlink) profiles have NVLink bridges joining cards in pairs.
+    type: str
+  gpu_count:
+    description:
+      - How many O(gpu_profile) cards the server has. Required with O(gpu_profile).
+    type: int
+  model:
+    description:
+      - Path to the model directory (holding C(config.json), and ideally its safetensors files or index), or
+        to the C(config.json) itself, on the host the module runs on.
+      - The directory name is the model name in the plan.
+    type: path
+    required: true
+  dtype:
+    description:
+      - Weight precision in memory. V(auto) takes the checkpoint's (a float32 checkpoint is served in 16 bits,
+        as vLLM does; a quantized checkpoint's C(quantization_config) gives V(fp8) or V(int4)).
+      - V(fp8) is vLLM's on-load FP8 quantization of the linear layers; V(int4) needs an AWQ or GPTQ checkpoint.
+      - The KV cache is planned in 16 bits, vLLM's default.
+    type: str
+    choices: [auto, bfloat16, float16, fp8, int4]
+    default: auto
+  max_model_len:
+    description:
+      - Context length in tokens each sequence may reach (vLLM's C(--max-model-len)).
+      - Defaults to the model's C(max_position_embeddings), as vLLM does.
+    type: int
+  concurrency:
+    description:
+      - How many sequences at full O(max_model_len) each instance must hold in its KV cache at once.
+    type: int
+    default: 1
+  gpu_memory_utilization:
+    description:
+      - Fraction of each card vLLM may use (vLLM's C(--gpu-memory-utilization)).
+    type: float
+    default: 0.9
+  objective:
+    description:
+      - V(throughput) prefers data parallel whenever a copy fits one card.
+      - V(latency) also weighs tensor parallel for per-token time at batch 1, using the interconnect.
+    type: str
+    choices: [throughput, latency]
+    default: throughput
+  single_endpoint:
+    description:
+      - Serve every copy behind one vLLM port. With a model that fits one card this gives vLLM's own
+        C(--data-parallel-size) (topology V(vllm_dp)) instead of separate instances behind a load balancer.
+    type: bool
+    default: false
+  topology:
+    description:
+      - V(auto) lets the planner choose. V(dp), V(tp) and V(vllm_dp) force a topology; it is still checked for fit.
+      - V(tp) fills all cards with tensor-parallel groups, so on four or more cards it may give V(tp_dp).
+    type: str
+    choices: [auto, dp, tp, vllm_dp]
+    default: auto
+  tensor_parallel_size:
+    description:
+      - Force this tensor-parallel degree. It must not exceed the number of cards, must divide the model's
+        attention heads, and must fit.
+    type: int
+  base_port:
+    description:
+      - Port of the first instance. Data-parallel instances take O(base_port), O(base_port)+1, and so on;
+        a single tensor-parallel or V(vllm_dp) instance takes O(base_port).
+    type: int
+    default: 8001
+  overhead_gib:
+    description:
+      - GiB per card reserved beside weights and KV cache for activations, CUDA graphs and NCCL/cuBLAS workspaces.
+    type: float
+    default: 2.0
+notes:
+  - Supports check mode; the module never changes anything.
+  - The rules and the measured figures behind them are explained in the collection's C(docs/planner.md).
+seealso:
+  - module: gpufleet.serving.nvidia_gpu_facts
+"""
+
+EXAMPLES = r"""
+- name: Read the GPUs
+  gpufleet.serving.nvidia_gpu_facts:
+
+- name: Plan from the facts, with the model's config.json on the control node
+  gpufleet.serving.vllm_plan:
+    gpus: "{{ ansible_facts['nvidia_gpus'] }}"
+    model: /srv/models/Llama-3.1-8B-Instruct
+    max_model_len: 32768
+    concurrency: 4
+  delegate_to: localhost
+
+- name: What would two RTX 5080s do with a 70B model?
+  gpufleet.serving.vllm_plan:
+    gpu_profile: rtx-5080
+    gpu_count: 2
+    model: /srv/models/Llama-3.1-70B-Instruct/config.json
+    dtype: fp8
+  delegate_to: localhost
+
+- name: One endpoint, latency first
+  gpufleet.serving.vllm_plan:
+    gpus: "{{ ansible_facts['nvidia_gpus'] }}"
+    model: /srv/models/Qwen2.5-7B-Instruct
+    objective: latency
+    single_endpoint: true
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: success
+  type: complex
+  contains:
+    vllm_plan:
+      description: How vLLM should use this server's cards, and why.
+      returned: success
+      type: complex
+      contains:
+        topology:
+          description: V(dp) one vLLM per card; V(tp) one tensor-parallel vLLM; V(tp_dp) several tensor-parallel
+            instances; V(vllm_dp) one vLLM with C(--data-parallel-size) (and C(--tensor-parallel-size) when above 1).
+          type: str
+          returned: success
+          sample: dp
+        tensor_parallel_size:
+          description: Cards per copy of the model (C(--tensor-parallel-size)).
+          type: int
+          returned: success
+          sample: 1
+        data_parallel_size:
+          description: Copies of the model on the server (instances for V(dp)/V(tp_dp), C(--data-parallel-size) for V(vllm_dp)).
+          type: int
+          returned: success
+          sample: 2
+        instances:
+          description:
+            - One entry per vLLM process. Names are V(0), V(1), ... for V(dp) and V(tp_dp) (units C(vllm@0),
+              C(vllm@1)); V(main) for the single V(tp) or V(vllm_dp) process.
+          type: list
+          elements: dict
+          returned: success
+          sample:
+            - name: "0"
+              gpus: [0]
+              port: 8001
+              env: {CUDA_VISIBLE_DEVICES: "0", CUDA_DEVICE_ORDER: PCI_BUS_ID}
+            - name: "1"
+              gpus: [1]
+              port: 8002
+              env: {CUDA_VISIBLE_DEVICES: "1", CUDA_DEVICE_ORDER: PCI_BUS_ID}
+          contains:
+            name:
+              description: Instance name.
+              type: str
+            gpus:
+              description: Card indices (NVML order, which is PCI bus order).
+              type: list
+              elements: int
+            port:
+              description: TCP port of the instance.
+              type: int
+            env:
+              description:
+                - Environment of the process. C(CUDA_DEVICE_ORDER=PCI_BUS_ID) always, so CUDA numbers cards as NVML does;
+                  C(NCCL_P2P_DISABLE=1) for tensor parallel across cards without working P2P.
+              type: dict
+        memory:
+          description: The numbers behind the plan.
+          type: complex
+          returned: success
+          contains:
+            params:
+              description: Parameter count (every expert included).
+              type: int
+              sample: 8030261248
+            weights_bytes:
+              description: Bytes of weights in memory for the whole model.
+              type: int
+              sample: 16060522496
+            weights_bytes_per_gpu:
+              description: Bytes of weights on each card of an instance.
+              type: int
+              sample: 16060522496
+            kv_bytes_per_token:
+              description: KV-cache bytes per token for the whole model (all layers and KV heads).
+              type: int
+              sample: 131072
+            kv_tokens_per_instance:
+              description: Tokens of KV cache each instance can hold.
+              type: int
+              sample: 896235
+            max_concurrency:
+              description: Sequences of O(max_model_len) tokens each instance can hold at once.
+              type: float
+              sample: 6.84
+        reasons:
+          description: Sentences that give the numbers behind the choice.
+          type: list
+          elements: str
+          returned: success
+        warnings:
+          description: What the operator should know or fix (no P2P, unused cards, busy memory...).
+          type: list
+          elements: str
+          returned: success
+        model:
+          description: Model name (the model directory's name).
+          type: str
+          returned: success
+          sample: Llama-3.1-8B
+        cards:
+          description: The cards in words.
+          type: str
+          returned: success
+          sample: 2 x NVIDIA H200 (140.4 GiB each, NVLink)
+        dtype:
+          description: Weight precision planned (V(auto) resolved).
+          type: str
+          returned: success
+          sample: bfloat16
+        max_model_len:
+          description: Context length planned (O(max_model_len) or the model's maximum).
+          type: int
+          returned: success
+          sample: 131072
+        gpu_memory_utilization:
+          description: The fraction planned, to pass on to vLLM.
+          type: float
+          returned: success
+          sample: 0.9
+        interconnect:
+          description: Weakest link inside a tensor-parallel group (V(nvlink), V(pcie_p2p), V(pcie_no_p2p)); V(null) without tensor parallel.
+          type: str
+          returned: success
+          sample: nvlink
+param:
+  description: On failure, the parameter to change.
+  returned: failure
+  type: str
+  sample: model
+details:
+  description: On failure, what was known (C(model) name, C(cards) in words), for reports.
+  returned: failure
+  type: dict
+  sample: {model: Llama-3.1-70B, cards: "2 x NVIDIA GeForce RTX 5080 (16.0 GiB each, PCIe without P2P)"}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_planner import (
+    DEFAULT_BASE_PORT,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_OVERHEAD_GIB,
+    DTYPES,
+    OBJECTIVES,
+    TOPOLOGIES,
+    PlanError,
+    plan,
+)
+
+PLAN_ARGUMENTS = (
+    "gpus",
+    "gpu_profile",
+    "gpu_count",
+    "model",
+    "dtype",
+    "max_model_len",
+    "concurrency",
+    "gpu_memory_utilization",
+    "objective",
+    "single_endpoint",
+    "topology",
+    "tensor_parallel_size",
+    "base_port",
+    "overhead_gib",
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            gpus=dict(type="dict"),
+            gpu_profile=dict(type="str"),
+            gpu_count=dict(type="int"),
+            model=dict(type="path", required=True),
+            dtype=dict(type="str", choices=list(DTYPES), default="auto"),
+            max_model_len=dict(type="int"),
+            concurrency=dict(type="int", default=1),
+            gpu_memory_utilization=dict(type="float", default=DEFAULT_GPU_MEMORY_UTILIZATION),
+            objective=dict(type="str", choices=list(OBJECTIVES), default="throughput"),
+            single_endpoint=dict(type="bool", default=False),
+            topology=dict(type="str", choices=list(TOPOLOGIES), default="auto"),
+            tensor_parallel_size=dict(type="int"),
+            base_port=dict(type="int", default=DEFAULT_BASE_PORT),
+            overhead_gib=dict(type="float", default=DEFAULT_OVERHEAD_GIB),
+        ),
+        mutually_exclusive=[("gpus", "gpu_profile")],
+        required_together=[("gpu_profile", "gpu_count")],
+        required_one_of=[("gpus", "gpu_profile")],
+        supports_check_mode=True,
+    )
+    try:
+        vllm_plan = plan(**{name: module.params[name] for name in PLAN_ARGUMENTS})
+    except PlanError as exc:
+        module.fail_json(msg=str(exc), param=exc.param, details=exc.details)
+    module.exit_json(changed=False, ansible_facts={"vllm_plan": vllm_plan})
+
+
+if __name__ == "__main__":
+    main()

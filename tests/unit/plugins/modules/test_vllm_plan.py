@@ -1,0 +1,109 @@
+# Copyright (c) 2026, gpufleet.serving contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible.module_utils.common import warnings as ansible_warnings
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.gpufleet.serving.plugins.module_utils import gpu_catalog, nvml_facts, vllm_planner
+from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
+MODEL_8B = str(FIXTURES / "models" / "Llama-3.1-8B")
+MODEL_70B = str(FIXTURES / "models" / "Llama-3.1-70B" / "config.json")
+
+
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+
+
+@pytest.fixture
+def h200x2():
+    return nvml_facts.facts_from_raw(json.loads((FIXTURES / "nvml" / "h200x2-nvlink.nvml.json").read_text()), "snapshot")
+
+
+def run_module(capsys, args, check_mode=False):
+    if check_mode:
+        args = dict(args, _ansible_check_mode=True)
+    with patch_module_args(args), pytest.raises(SystemExit) as exited:
+        vllm_plan.main()
+    result = json.loads(capsys.readouterr().out)
+    result["rc"] = exited.value.code
+    return result
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_plan_from_facts(capsys, h200x2, check_mode):
+    result = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B}, check_mode=check_mode)
+    plan = result["ansible_facts"]["vllm_plan"]
+    assert result["rc"] == 0 and result["changed"] is False
+    assert (plan["topology"], plan["data_parallel_size"], plan["model"]) == ("dp", 2, "Llama-3.1-8B")
+    assert [instance["port"] for instance in plan["instances"]] == [8001, 8002]
+
+
+def test_plan_from_a_profile_and_options(capsys):
+    args = {"gpu_profile": "h100-sxm", "gpu_count": 4, "model": MODEL_70B, "max_model_len": 8192, "concurrency": 2, "base_port": 9100}
+    plan = run_module(capsys, args)["ansible_facts"]["vllm_plan"]
+    # TP=2 per card: 65.7 GiB weights + 2.5 GiB KV + 2 GiB overhead = 70.2 of 71.7 GiB usable: two TP=2 copies
+    assert (plan["topology"], plan["tensor_parallel_size"], plan["data_parallel_size"]) == ("tp_dp", 2, 2)
+    assert [instance["port"] for instance in plan["instances"]] == [9100, 9101]
+    # 4 GiB of overhead no longer fits TP=2 (72.2 GiB): one TP=4 copy
+    plan = run_module(capsys, dict(args, overhead_gib=4))["ansible_facts"]["vllm_plan"]
+    assert (plan["topology"], plan["tensor_parallel_size"]) == ("tp", 4)
+    assert any("4.0 GiB overhead" in reason for reason in plan["reasons"])
+
+
+def test_refusal_names_the_parameter_and_keeps_details(capsys):
+    result = run_module(capsys, {"gpu_profile": "rtx-5080", "gpu_count": 2, "model": MODEL_70B})
+    assert result["rc"] == 1 and result["failed"] is True
+    assert result["msg"].startswith("model: Llama-3.1-70B in bfloat16 does not fit")
+    assert result["param"] == "model"
+    assert result["details"]["model"] == "Llama-3.1-70B"
+    assert "ansible_facts" not in result
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ({"gpu_profile": "h200", "model": MODEL_8B}, "gpu_count"),
+        ({"model": MODEL_8B}, "gpus"),
+        ({"gpu_profile": "h200", "gpu_count": 2, "model": MODEL_8B, "dtype": "int8"}, "dtype"),
+        ({"gpu_profile": "h200", "gpu_count": 2, "model": MODEL_8B, "topology": "pp"}, "topology"),
+        ({"gpu_profile": "h200", "gpu_count": 0, "model": MODEL_8B}, "gpu_count"),
+        ({"gpu_profile": "h200", "gpu_count": 2, "model": MODEL_8B, "tensor_parallel_size": 4}, "tensor_parallel_size"),
+        ({"gpu_profile": "h200", "gpu_count": 2, "model": MODEL_8B, "max_model_len": -5}, "max_model_len"),
+    ],
+)
+def test_bad_arguments_fail_naming_them(capsys, args, words):
+    result = run_module(capsys, args)
+    assert result["rc"] == 1 and result["failed"] is True
+    assert words in result["msg"]
+
+
+def test_gpus_and_gpu_profile_are_mutually_exclusive(capsys, h200x2):
+    result = run_module(capsys, {"gpus": h200x2, "gpu_profile": "h200", "gpu_count": 2, "model": MODEL_8B})
+    assert result["failed"] is True and "mutually exclusive" in result["msg"]
+
+
+def test_documentation_matches_the_argument_spec():
+    """Every option in DOCUMENTATION is in the argument spec with the same type, default and choices."""
+    documented = yaml.safe_load(vllm_plan.DOCUMENTATION)["options"]
+    source = Path(vllm_plan.__file__).read_text()
+    spec_names = re.findall(r"^            (\w+)=dict\(", source, flags=re.M)
+    assert sorted(documented) == sorted(spec_names) == sorted(vllm_plan.PLAN_ARGUMENTS)
+    assert documented["dtype"]["choices"] == list(vllm_planner.DTYPES)
+    assert documented["topology"]["choices"] == list(vllm_planner.TOPOLOGIES)
+    assert documented["objective"]["choices"] == list(vllm_planner.OBJECTIVES)
+    assert documented["base_port"]["default"] == vllm_planner.DEFAULT_BASE_PORT
+    assert documented["gpu_memory_utilization"]["default"] == vllm_planner.DEFAULT_GPU_MEMORY_UTILIZATION
+    assert documented["overhead_gib"]["default"] == vllm_planner.DEFAULT_OVERHEAD_GIB
+    for key in gpu_catalog.profile_names():
+        assert "V(%s)" % key in documented["gpu_profile"]["description"][1]
