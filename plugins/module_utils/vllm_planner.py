@@ -613,29 +613,33 @@ def _nowhere(ctx):
     widest = sizes[-1]
     best = fit(spec, ctx["weights"], widest, budget=budget, overhead=overhead, tokens=tokens)
     short = best["need"] - budget
-    message = (
-        "%s in %s does not fit on %s: the weights alone are %s; even with tensor parallel %d each card needs %s, "
-        "%s (%.0f%%) more than the %s usable per card at gpu_memory_utilization %.2f."
-        % (
-            ctx["name"],
-            ctx["dtype"],
-            ctx["cards_words"],
-            gib(ctx["weights"]),
-            widest,
-            _fit_words(best, overhead),
-            gib(short),
-            100.0 * short / budget,
-            gib(budget),
-            ctx["utilization"],
-        )
+    split = "one card needs" if widest == 1 else "even with tensor parallel %d each card needs" % widest
+    message = "%s in %s does not fit on %s: the weights alone are %s; %s %s, %s (%.0f%%) more than the %s usable per card at gpu_memory_utilization %.2f." % (
+        ctx["name"],
+        ctx["dtype"],
+        ctx["cards_words"],
+        gib(ctx["weights"]),
+        split,
+        _fit_words(best, overhead),
+        gib(short),
+        100.0 * short / budget,
+        gib(budget),
+        ctx["utilization"],
     )
+
+    def tokens_that_fit(weights):
+        """(tp, tokens) of the widest split that holds the weights with some KV cache, or None."""
+        result = fit(spec, weights, widest, budget=budget, overhead=overhead, tokens=tokens)
+        if result["kv_tokens"] < 1:
+            return None
+        return widest, result["kv_tokens"]
+
     options = []
-    room = budget - best["weights_card"] - overhead
-    if room >= best["kv_token_card"]:
-        fits_tokens = int(room // best["kv_token_card"])
+    room = tokens_that_fit(ctx["weights"])
+    if room:
         options.append(
             "fewer tokens: with tensor parallel %d at most %d tokens of KV cache fit (max_model_len %d at concurrency %d)"
-            % (widest, fits_tokens, fits_tokens // ctx["concurrency"], ctx["concurrency"])
+            % (room[0], room[1], room[1] // ctx["concurrency"], ctx["concurrency"])
         )
     else:
         options.append("fewer tokens cannot help: the weights and overhead alone need %s per card" % gib(best["weights_card"] + overhead))
@@ -647,9 +651,13 @@ def _nowhere(ctx):
         hint = " (needs an AWQ/GPTQ int4 checkpoint)" if smaller == "int4" else ""
         if fitting:
             options.append("dtype %s%s: weights %s, fits with tensor parallel %d" % (smaller, hint, gib(small_weights), fitting[0]))
-        else:
-            other = fit(spec, small_weights, widest, budget=budget, overhead=overhead, tokens=tokens)
-            options.append("dtype %s%s: weights %s, still %s short per card" % (smaller, hint, gib(small_weights), gib(other["need"] - budget)))
+            continue
+        other = fit(spec, small_weights, widest, budget=budget, overhead=overhead, tokens=tokens)
+        words = "dtype %s%s: weights %s, still %s short per card at %d tokens" % (smaller, hint, gib(small_weights), gib(other["need"] - budget), tokens)
+        room = tokens_that_fit(small_weights)
+        if room:
+            words += ", fits with at most %d tokens of KV cache (tensor parallel %d)" % (room[1], room[0])
+        options.append(words)
     more = [t for t in tp_sizes(spec, MAX_CARDS_ONE_HOST) if t > n and fit(spec, ctx["weights"], t, budget=budget, overhead=overhead, tokens=tokens)["fits"]]
     if more:
         options.append("more cards: %d of these cards with tensor parallel %d" % (more[0], more[0]))

@@ -4,12 +4,21 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
-from ansible.errors import AnsibleFilterError
-from ansible_collections.gpufleet.serving.plugins.filter.plan_table import FilterModule, plan_table
+from ansible.module_utils import _internal as module_utils_internal
 from ansible_collections.gpufleet.serving.plugins.module_utils import vllm_planner
+
+# A filter plugin is controller code: importing it (ansible.errors) sets ansible's
+# process-wide "is_controller" flag, after which AnsibleModule.warn() in other test
+# files goes to the controller's display instead of the module result. Put it back.
+_WAS_CONTROLLER = module_utils_internal.is_controller
+plan_table_plugin = importlib.import_module("ansible_collections.gpufleet.serving.plugins.filter.plan_table")
+module_utils_internal.is_controller = _WAS_CONTROLLER
+plan_table = plan_table_plugin.plan_table
+AnsibleFilterError = plan_table_plugin.AnsibleFilterError
 
 MODELS = Path(__file__).resolve().parents[3] / "fixtures" / "models"
 
@@ -23,7 +32,7 @@ def registered(**kwargs):
 
 
 def test_registered_as_plan_table():
-    assert FilterModule().filters()["plan_table"] is plan_table
+    assert plan_table_plugin.FilterModule().filters()["plan_table"] is plan_table
 
 
 def test_table_from_host_names_and_hostvars():

@@ -546,3 +546,13 @@ def test_rows_from_registered_results():
 )
 def test_topology_words(plan, words):
     assert vp.topology_words(plan) == words
+
+
+def test_nowhere_says_which_smaller_dtype_fits_with_fewer_tokens():
+    error = refused(gpu_profile="h100-sxm", gpu_count=1, model=model("Llama-3.1-70B"))
+    spec = vp.describe_model(config("Llama-3.1-70B"))
+    room = int(0.9 * 85520809984) - vp.weight_bytes(spec, "fp8") - 2 * GIB
+    assert "one card needs" in str(error)
+    assert "dtype fp8: weights %.1f GiB, still" % (vp.weight_bytes(spec, "fp8") / GIB) in str(error)
+    assert "fits with at most %d tokens of KV cache (tensor parallel 1)" % (room // (2 * 80 * 8 * 128 * 2)) in str(error)
+    assert "more cards: 4 of these cards with tensor parallel 4" in str(error)
