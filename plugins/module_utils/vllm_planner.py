@@ -672,7 +672,7 @@ def _nowhere(ctx):
         if any(fit(spec, ctx["weights"], t, budget=other_budget, overhead=overhead, tokens=tokens)["fits"] for t in sizes):
             bigger.append((gpu_catalog.memory_bytes(entry), key))
     if bigger:
-        options.append("bigger cards, %d of them: %s" % (n, ", ".join(key for _, key in sorted(bigger)[:3])))
+        options.append("bigger cards, %d of them: %s" % (n, ", ".join(pair[1] for pair in sorted(bigger)[:3])))
     raise PlanError("model", message + " What would fit: " + "; ".join(options) + ".")
 
 
@@ -833,7 +833,10 @@ def _plan(
     all_link = group_interconnect(links, indices) if n > 1 else "single card"
     cards_words = _cards_words(cards, budget, gpu_memory_utilization, all_link)
     known["cards"] = cards_words
-    catalog_key = (gpu_profile and gpu_catalog.get_profile(gpu_profile)[0]) or gpu_catalog.match_name(cards[0].get("name"), smallest)
+    if gpu_profile is not None:
+        catalog_key = gpu_catalog.get_profile(gpu_profile)[0]
+    else:
+        catalog_key = gpu_catalog.match_name(cards[0].get("name"), smallest)
     bandwidth = gpu_catalog.PROFILES[catalog_key]["bandwidth_gbs"] if catalog_key else None
 
     reasons.append(
