@@ -5,7 +5,8 @@
 #
 #   fleet.sh conf              write the podman configuration (runc, ulimits)
 #   fleet.sh image             build the image unless it exists
-#   fleet.sh up NAME...        start hosts (idempotent) on the fleet network
+#   fleet.sh up [--vllm] NAME... start hosts (idempotent) on the fleet network;
+#                              --vllm starts them from the image holding vLLM
 #   fleet.sh down NAME...      remove hosts (all fleet hosts when none named)
 #   fleet.sh status            list fleet hosts and their systemd state
 #   fleet.sh env               print the environment to export (CONTAINERS_CONF)
@@ -114,16 +115,25 @@ ensure_network() {
 }
 
 up() {
-  build_image
+  local image=$IMAGE name
+  if [ "${1:-}" = --vllm ]; then
+    shift
+    build_vllm_image
+    image=$VLLM_IMAGE
+  else
+    build_image
+  fi
   ensure_network
-  local name
+  local mounts=()
+  # The fleet installs Python packages from the control node's wheel cache.
+  [ -d "$WHEELHOUSE" ] && mounts=(--volume "$WHEELHOUSE:/srv/wheelhouse:ro")
   for name in "$@"; do
     if podman container exists "$name"; then
       podman start "$name" >/dev/null
     else
       podman run -d --name "$name" --hostname "$name" --network "$NETWORK" \
         --label "$LABEL" --systemd=always --cap-add SYS_ADMIN --shm-size=1g \
-        "$IMAGE" >/dev/null
+        "${mounts[@]}" "$image" >/dev/null
     fi
   done
   for name in "$@"; do wait_running "$name"; done

@@ -30,6 +30,10 @@ def test_scenario_hosts_keep_fleet_settings(scenario):
                 # A scenario may use an image built on top of the fleet image.
                 assert str(platform.get(key, "")).startswith("localhost/gpufleet-"), (scenario.name, platform["name"])
                 continue
+            if key == "extra_opts":
+                # Scenarios may add options (a volume), never drop the fleet's.
+                assert set(value) <= set(platform.get(key, [])), (scenario.name, platform["name"])
+                continue
             assert platform.get(key) == value, (scenario.name, platform["name"], key)
         assert str(platform.get("network", "")).startswith("gpufleet-test"), (scenario.name, platform["name"])
 
