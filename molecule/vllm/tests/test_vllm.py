@@ -26,9 +26,8 @@ def post(host, port, path, body, stream=False):
 
 
 def unit_pids(host, unit):
-    out = host.run("cat /sys/fs/cgroup/system.slice/system-vllm.slice/%s/cgroup.procs 2>/dev/null || "
-                   "cat /sys/fs/cgroup/systemd/system.slice/system-vllm.slice/%s/cgroup.procs", unit, unit)
-    return {int(p) for p in out.stdout.split()}
+    out = host.run("ps -eo pid=,unit=")
+    return {int(line.split()[0]) for line in out.stdout.splitlines() if line.split()[1:] == [unit]}
 
 
 def wait_ready(host, port, timeout=240):
