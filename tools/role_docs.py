@@ -33,7 +33,7 @@ def _default(spec: dict) -> str:
     if "default" not in spec:
         return "required" if spec.get("required") else "(unset)"
     value = spec["default"]
-    if value == "" or value == [] or value == {}:
+    if value in ("", [], {}):
         return "`%s`" % ('""' if value == "" else ("[]" if value == [] else "{}"))
     if isinstance(value, (list, dict)):
         return "`%s`" % yaml.safe_dump(value, default_flow_style=True).strip()

@@ -127,7 +127,7 @@ def test_unit_properties(host, plan):
 def test_security_exposure_at_most_3(host, plan):
     unit = "vllm@%s.service" % plan["instances"][0]["name"]
     out = host.run("systemd-analyze security --no-pager %s", unit)
-    last = [line for line in out.stdout.split("\n") if "Overall exposure level" in line][0]
+    last = next(line for line in out.stdout.split("\n") if "Overall exposure level" in line)
     score = float(last.split(":")[1].split()[0])
     print("systemd-analyze security %s: %s" % (unit, score))
     assert score <= 3.0, last

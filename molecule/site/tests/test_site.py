@@ -1,0 +1,82 @@
+"""site.yml end to end: plan, vLLM and both nginx tiers, checked through the fleet gateway."""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+testinfra_hosts = ["podman://t-site-gw1"]
+KEY = "demo-key-0123456789"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def call(host, path, body=None, key=KEY):
+    args = ["curl", "-sS", "--max-time", "120", "-o", "/tmp/body", "-w", "%{http_code}"]
+    if key:
+        args += ["-H", "Authorization: Bearer %s" % key]
+    if body is not None:
+        args += ["-H", "content-type: application/json", "-d", json.dumps(body)]
+    out = host.run(" ".join("'%s'" % a.replace("'", "'\\''") for a in args + ["http://127.0.0.1%s" % path]))
+    assert out.rc == 0, out.stderr
+    return int(out.stdout), host.file("/tmp/body").content_string
+
+
+@pytest.fixture(scope="module")
+def plans():
+    found = {}
+    for name in ("t-site-gpu1", "t-site-gpu2"):
+        out = subprocess.run(["podman", "exec", name, "cat", "/etc/vllm/plan.json"], capture_output=True, text=True, check=True)
+        found[name] = json.loads(out.stdout)
+    return found
+
+
+def test_one_server_dp_the_other_tp(plans):
+    assert plans["t-site-gpu1"]["topology"] == "dp"
+    assert len(plans["t-site-gpu1"]["instances"]) == 2
+    assert plans["t-site-gpu2"]["topology"] == "tp"
+    assert plans["t-site-gpu2"]["tensor_parallel_size"] == 2
+
+
+def test_chat_completion_through_the_fleet_gateway(host):
+    status, body = call(host, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8})
+    assert status == 200, body
+    reply = json.loads(body)
+    assert reply["choices"][0]["message"]["role"] == "assistant"
+    assert reply["usage"]["completion_tokens"] >= 1
+
+
+def test_every_instance_of_both_servers_serves(host):
+    # Enough requests that least_conn reaches both servers and all three instances.
+    for _ in range(12):
+        status, body = call(host, "/v1/completions", {"model": "tiny", "prompt": "ping", "max_tokens": 2})
+        assert status == 200, body
+    for name, ports in (("t-site-gpu1", (8001, 8002)), ("t-site-gpu2", (8001,))):
+        for port in ports:
+            out = subprocess.run(["podman", "exec", name, "curl", "-s", "http://127.0.0.1:%d/metrics" % port], capture_output=True, text=True, check=True)
+            served = re.findall(r'^vllm:request_success_total\{[^}]*\} ([0-9.]+)', out.stdout, re.M)
+            assert served and sum(float(x) for x in served) >= 1, (name, port)
+
+
+def test_no_key_no_service(host):
+    status, _ = call(host, "/v1/models", key=None)
+    assert status == 401
+
+
+def test_vllm_is_not_reachable_beyond_loopback(host):
+    out = host.run("curl -s -o /dev/null -w '%%{http_code}' --max-time 5 http://t-site-gpu1:8001/v1/models")
+    assert out.stdout.strip() in ("000", ""), out.stdout
+
+
+def test_check_mode_reports_no_change():
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run through molecule verify")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT), ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
+    out = subprocess.run(["ansible-playbook", "-i", inventory, "--check", "--diff", str(ROOT / "site.yml")],
+                         capture_output=True, text=True, env=env, check=False, cwd=str(ROOT / "molecule" / "site"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    recap = re.findall(r"^(\S+)\s*: ok=\d+\s+changed=(\d+)", out.stdout, re.M)
+    assert recap and all(int(changed) == 0 for _, changed in recap), out.stdout[-3000:]
