@@ -1,0 +1,321 @@
+"""The gateway role on a real fleet: nginx on a gateway host in front of two
+GPU servers running real vLLM (CPU build), one `dp` and one `tp`.
+
+Requests are sent from inside the gateway host (t-gw1) to its own nginx, the
+way a client on the gateway's network would. Disruptive tests (stopping a
+backend, a whole server, a broken configuration) come last and put everything
+back as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+testinfra_hosts = ["podman://t-gw1", "podman://t-gwgpu1", "podman://t-gwgpu2"]
+
+GW, GPU1, GPU2 = "t-gw1", "t-gwgpu1", "t-gwgpu2"
+KEY = "gw-test-key-0123456789"
+SECOND_KEY = "gw-second-key-abcdef"
+MODEL = "tiny"
+SCENARIO = Path(__file__).resolve().parents[1]
+
+
+def only_on(host, name):
+    if host.backend.get_hostname() != name:
+        pytest.skip("runs on %s" % name)
+
+
+@pytest.fixture(scope="module")
+def gw():
+    return testinfra.get_host("podman://" + GW)
+
+
+@pytest.fixture(scope="module")
+def gpus():
+    return {name: testinfra.get_host("podman://" + name) for name in (GPU1, GPU2)}
+
+
+@pytest.fixture(scope="module")
+def plans(gpus):
+    return {name: json.loads(h.file("/etc/vllm/plan.json").content_string) for name, h in gpus.items()}
+
+
+def request(h, path, body=None, *, key=KEY, url="http://127.0.0.1", extra=""):
+    """(status, body) of one request made with curl on host h."""
+    cmd = "curl -sS -o /tmp/gw-body -w '%%{http_code}' --max-time 120 %s" % extra
+    if key:
+        cmd += " -H 'Authorization: Bearer %s'" % key
+    if body is not None:
+        cmd += " -H 'content-type: application/json' --data-binary %s" % _quote(json.dumps(body))
+    out = h.run(cmd + " " + url + path)
+    text = h.run("cat /tmp/gw-body").stdout
+    return int(out.stdout.strip() or 0), text
+
+
+def _quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def chat(h, key=KEY, url="http://127.0.0.1", extra=""):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello gateway"}], "max_tokens": 4}
+    return request(h, "/v1/chat/completions", body, key=key, url=url, extra=extra)
+
+
+def wait_ready(h, port, timeout=300):
+    deadline = time.time() + timeout
+    body = json.dumps({"model": MODEL, "prompt": "ping", "max_tokens": 1})
+    while time.time() < deadline:
+        out = h.run("curl -s -o /dev/null -w '%%{http_code}' -H 'content-type: application/json' -d %s http://127.0.0.1:%s/v1/completions", body, str(port))
+        if out.stdout.strip() == "200":
+            return
+        time.sleep(3)
+    raise AssertionError("instance on port %s not ready after %ss" % (port, timeout))
+
+
+def ansible_playbook(*args):
+    """Run molecule/gateway/gateway.yml (the gateway role alone) against the scenario's inventory."""
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    playbook_cmd = Path(sys.executable).with_name("ansible-playbook")
+    if not playbook_cmd.exists():
+        playbook_cmd = shutil.which("ansible-playbook")
+    cmd = [str(playbook_cmd), "-i", inventory, str(SCENARIO / "gateway.yml"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+
+
+# --- what is installed --------------------------------------------------------
+def test_nginx_running_with_a_valid_config(host):
+    assert host.package("nginx").is_installed
+    svc = host.service("nginx")
+    assert svc.is_running and svc.is_enabled
+    assert host.run("nginx -t").rc == 0
+    site = host.file("/etc/nginx/conf.d/gpufleet.conf")
+    assert site.mode == 0o644 and site.user == "root"
+    assert site.content_string.startswith("#\n# Ansible managed")
+    assert not host.file("/etc/nginx/sites-enabled/default").exists
+
+
+def test_streaming_safe_proxy_settings(host):
+    text = host.file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    for line in (
+        "least_conn;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "proxy_read_timeout 3600s;",
+        "proxy_next_upstream error timeout;",
+        "fail_timeout=10s",
+    ):
+        assert line in text, line
+    assert "non_idempotent" not in text
+    assert "keepalive 32;" in text
+
+
+def test_api_keys_only_in_a_private_file(host):
+    only_on(host, GW)
+    keys = host.file("/etc/nginx/gpufleet/api-keys.map")
+    assert keys.mode == 0o600 and keys.user == "root"
+    assert '"Bearer %s" 1;' % KEY in keys.content_string
+    assert KEY not in host.file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    tls_key = host.file("/etc/nginx/gpufleet/tls/gateway.key")
+    assert tls_key.mode == 0o600
+
+
+def test_gpu_servers_upstream_over_loopback_instances(host, plans):
+    name = host.backend.get_hostname()
+    if name == GW:
+        pytest.skip("GPU servers only")
+    text = host.file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    for inst in plans[name]["instances"]:
+        assert "server 127.0.0.1:%d " % inst["port"] in text
+    # vLLM itself is on loopback only; nginx's server tier is the way in.
+    for line in host.run("ss -Hltnp").stdout.splitlines():
+        if "python" in line:
+            assert line.split()[3].startswith("127.0.0.1:"), line
+    assert host.socket("tcp://0.0.0.0:8000").is_listening
+
+
+def test_plans_are_one_dp_and_one_tp(plans):
+    assert plans[GPU1]["topology"] == "dp" and len(plans[GPU1]["instances"]) == 2
+    assert plans[GPU2]["topology"] == "tp" and len(plans[GPU2]["instances"]) == 1
+
+
+# --- the two tiers ---------------------------------------------------------------
+def test_fleet_upstream_lists_every_gpu_server_by_address(gw, gpus):
+    text = gw.file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    for name in gpus:
+        address = gw.run("getent ahosts %s", name).stdout.split()[0]
+        assert "server %s:8000 max_fails=2 fail_timeout=10s;  # %s" % (address, name) in text
+
+
+def test_server_tier_admits_gateways_only(gw, gpus):
+    status, _ = request(gw, "/v1/models", key=None, url="http://%s:8000" % GPU1)
+    assert status == 200
+    status, body = request(gpus[GPU1], "/v1/models", key=None, url="http://%s:8000" % GPU2)
+    assert status == 403, body
+
+
+def test_vllm_unreachable_from_the_gateway(gw, plans):
+    port = plans[GPU1]["instances"][0]["port"]
+    out = gw.run("curl -sS --max-time 5 http://%s:%s/v1/models", GPU1, str(port))
+    assert out.rc == 7, out.stdout  # connection refused: vLLM listens on loopback only
+
+
+def test_health_answered_by_the_gateway(gw):
+    status, _ = request(gw, "/health", key=None)
+    assert status == 200
+
+
+# --- keys, paths, limits ------------------------------------------------------------
+def test_chat_completion_with_a_key(gw):
+    for key in (KEY, SECOND_KEY):
+        status, body = chat(gw, key=key)
+        assert status == 200, body
+        assert json.loads(body)["choices"][0]["message"]["role"] == "assistant"
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key-0123456789", ""])
+def test_no_or_wrong_key_gets_401(gw, key):
+    extra = "-H 'Authorization: Bearer'" if key == "" else ""
+    status, body = chat(gw, key=key, extra=extra)
+    assert status == 401, body
+    assert json.loads(body)["error"]["code"] == 401
+    headers = gw.run("curl -s -o /dev/null -D - http://127.0.0.1/v1/models").stdout
+    assert "WWW-Authenticate: Bearer" in headers
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/metrics", "/pause", "/v1/models/../tokenize", "/v1/load_lora_adapter", "/docs"])
+def test_paths_outside_the_list_are_refused(gw, path):
+    status, _ = request(gw, path, body={"model": MODEL, "prompt": "x"})
+    assert status == 404, path
+
+
+def test_tls_serves_the_same_api(gw):
+    status, body = chat(gw, url="https://t-gw1", extra="--cacert /etc/nginx/gpufleet/tls/gateway.crt --resolve t-gw1:443:127.0.0.1")
+    assert status == 200, body
+
+
+def test_streamed_completion_arrives_in_many_chunks(gw):
+    # Read the raw socket and note when each piece arrives: a buffering proxy
+    # would deliver the events in one or a few blocks at the end.
+    probe = r"""
+import json, socket, sys, time
+body = json.dumps({"model": "%s", "prompt": "once upon a time", "max_tokens": 48, "ignore_eos": True, "stream": True})
+req = ("POST /v1/completions HTTP/1.1\r\nHost: t-gw1\r\nAuthorization: Bearer %s\r\n"
+       "Content-Type: application/json\r\nContent-Length: %%d\r\nConnection: close\r\n\r\n%%s") %% (len(body), body)
+s = socket.create_connection(("127.0.0.1", 80))
+start = time.monotonic()
+s.sendall(req.encode())
+reads = []
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    reads.append([round(time.monotonic() - start, 4), data.count(b"data: "), data[:12].decode("latin-1")])
+print(json.dumps(reads))
+""" % (MODEL, KEY)
+    out = gw.run("python3 -c %s", probe)
+    assert out.rc == 0, out.stderr
+    reads = json.loads(out.stdout)
+    assert reads[0][2].startswith("HTTP/1.1 200"), reads[0]
+    with_events = [r for r in reads if r[1] > 0]
+    events = sum(r[1] for r in with_events)
+    print("%d events in %d reads over %.3f s" % (events, len(with_events), with_events[-1][0] - with_events[0][0]))
+    assert events >= 48  # 48 tokens (+ [DONE])
+    assert len(with_events) >= 10, reads
+    assert with_events[-1][0] - with_events[0][0] > 0.01, reads
+
+
+def test_access_log_has_upstream_timings(gw):
+    chat(gw)
+    last = gw.run("tail -n 20 /var/log/nginx/gpufleet-access.log").stdout.strip().splitlines()
+    line = next(x for x in reversed(last) if "/v1/chat/completions" in x)
+    for field in ("rt=", 'uct="', 'uht="', 'urt="', 'ua="', "rid="):
+        assert field in line, line
+    assert KEY not in gw.file("/var/log/nginx/gpufleet-access.log").content_string
+
+
+def test_both_gpu_servers_take_requests(gw, gpus):
+    gw.run("truncate -s 0 /var/log/nginx/gpufleet-access.log")
+    for _ in range(6):
+        assert chat(gw)[0] == 200
+    log = gw.file("/var/log/nginx/gpufleet-access.log").content_string
+    for name in gpus:
+        address = gw.run("getent ahosts %s", name).stdout.split()[0]
+        assert 'ua="%s:8000"' % address in log, (name, log)
+
+
+def test_rate_limit_answers_429(gw):
+    out = gw.run(
+        "seq 80 | xargs -P 40 -I{} curl -s -o /dev/null -w '%%{http_code}\\n' -H 'Authorization: Bearer %s' http://127.0.0.1/v1/models",
+        KEY,
+    )
+    codes = out.stdout.split()
+    assert len(codes) == 80
+    assert codes.count("429") > 0, codes
+    assert codes.count("200") >= 20, codes  # the burst is served
+    assert set(codes) <= {"200", "429"}, codes
+    time.sleep(3)  # let the bucket refill for the tests after this one
+    assert chat(gw)[0] == 200
+
+
+# --- failures -------------------------------------------------------------------------
+def test_requests_succeed_with_one_backend_stopped(gw, gpus, plans):
+    inst = plans[GPU1]["instances"][0]
+    gpu = gpus[GPU1]
+    assert gpu.run("systemctl stop vllm@%s", inst["name"]).rc == 0
+    try:
+        statuses = [chat(gw)[0] for _ in range(20)]
+        assert statuses == [200] * 20, statuses
+        status, _ = request(gw, "/health", key=None)
+        assert status == 200
+    finally:
+        gpu.run("systemctl start vllm@%s", inst["name"])
+        wait_ready(gpu, inst["port"])
+
+
+def test_requests_succeed_with_one_server_tier_down(gw, gpus):
+    gpu = gpus[GPU2]
+    assert gpu.run("systemctl stop nginx").rc == 0
+    try:
+        statuses = [chat(gw)[0] for _ in range(20)]
+        assert statuses == [200] * 20, statuses
+    finally:
+        gpu.run("systemctl start nginx")
+    assert chat(gw)[0] == 200
+
+
+def test_gateway_role_alone_in_check_mode_changes_nothing():
+    # No plan in the play: the GPU servers read /etc/vllm/plan.json.
+    run = ansible_playbook("--check", "--diff")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    recap = run.stdout[run.stdout.rindex("PLAY RECAP") :]
+    for name in (GW, GPU1, GPU2):
+        line = next(x for x in recap.splitlines() if x.startswith(name))
+        assert "changed=0" in line and "failed=0" in line, line
+
+
+def test_broken_config_fails_the_play_and_nginx_keeps_serving(gw):
+    site = "/etc/nginx/conf.d/gpufleet.conf"
+    before = gw.file(site).sha256sum
+    master = gw.run("systemctl show -p MainPID --value nginx").stdout.strip()
+    run = ansible_playbook("--limit", GW, "-e", "gateway_read_timeout=10x")
+    assert run.returncode != 0
+    # Failures may go to stderr, and the callback may wrap long lines.
+    words = " ".join((run.stdout + run.stderr).split())
+    assert '"proxy_read_timeout" directive invalid value' in words, words[-3000:]
+    assert "nginx -t rejects the new %s" % site in words
+    assert gw.file(site).sha256sum == before
+    assert gw.run("systemctl show -p MainPID --value nginx").stdout.strip() == master  # never restarted
+    assert gw.run("nginx -t").rc == 0
+    status, body = chat(gw)
+    assert status == 200, body

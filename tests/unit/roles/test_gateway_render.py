@@ -1,0 +1,347 @@
+"""Render the gateway role's nginx configuration without a host.
+
+The role's defaults, vars and templates are read with Ansible's loader and
+rendered with Ansible's Templar, for a small inventory: a fleet gateway, GPU
+servers, and a host in both groups. The preflight asserts are evaluated the
+same way. molecule/gateway proves the rendered files with a real nginx; this
+covers the variations one scenario cannot (balance modes, TLS, no keys, the
+refusals).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+
+ROLE = Path(__file__).resolve().parents[3] / "roles" / "gateway"
+LOADER = DataLoader()
+KEYS = ["key-one-0123456789", "key-two-abcdefghij"]
+PEM_CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"
+
+# The inventory: two GPU servers, one gateway. gpu2 has its own address and
+# port for the gateways, and a weight.
+INVENTORY = {
+    "gpu1": {},
+    "gpu2": {"gateway_address": "10.0.0.12", "gateway_server_port": 9000, "gateway_weight": 3},
+    "gw1": {},
+}
+GROUPS = {"gpu_servers": ["gpu1", "gpu2"], "gateways": ["gw1"]}
+# What tasks/inputs.yml resolves on each kind of host.
+RESOLVED = {"gpu1": ["10.0.0.11"], "10.0.0.12": ["10.0.0.12"], "gw1": ["10.0.0.2", "fd00::2"]}
+INSTANCES = {"dp": [{"name": "0", "port": 8001}, {"name": "1", "port": 8002}], "tp": [{"name": "main", "port": 8001}]}
+
+
+def load(rel):
+    return LOADER.load_from_file(str(ROLE / rel), trusted_as_template=True)
+
+
+def role_vars(host, groups=None, instances="dp", **overrides):
+    """Variables as the role's templates see them on `host`, after tasks/inputs.yml."""
+    variables = dict(load("defaults/main.yml"))
+    variables.update(overrides)
+    variables.update(load("vars/main.yml"))
+    variables.update(INVENTORY[host])
+    variables.update(
+        inventory_hostname=host,
+        groups=groups or GROUPS,
+        hostvars={name: dict(hv, inventory_hostname=name) for name, hv in INVENTORY.items()},
+        _gateway_instances=INSTANCES[instances],
+        _gateway_plan_source="plan_result",
+        _gateway_resolved=RESOLVED,
+        role_path=str(ROLE),
+        ansible_managed="Ansible managed",
+        ansible_check_mode=False,
+    )
+    return variables
+
+
+def templar(variables):
+    return Templar(loader=LOADER, variables=variables).copy_with_new_env(searchpath=[str(ROLE / "templates")])
+
+
+def render_file(variables, name):
+    text = (ROLE / "templates" / name).read_text()
+    return templar(variables).template(trust_as_template(text), escape_backslashes=False, overrides={"trim_blocks": True})
+
+
+def render(variables, expression):
+    return templar(variables).template(trust_as_template(expression))
+
+
+def conf(host, **kwargs):
+    return render_file(role_vars(host, **kwargs), "gpufleet.conf.j2")
+
+
+def blocks(text, header):
+    """The bodies of the top-level blocks whose first line starts with `header`."""
+    found, depth, current = [], 0, None
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].strip() if not line.strip().startswith("return") else line.strip()
+        if depth == 0 and stripped.startswith(header) and stripped.endswith("{"):
+            current = []
+        if current is not None:
+            current.append(line)
+        depth += stripped.count("{") - stripped.count("}") if not stripped.startswith("return") else 0
+        if current is not None and depth == 0:
+            found.append("\n".join(current))
+            current = None
+    return found
+
+
+def server_block(text, port):
+    return next(b for b in blocks(text, "server") if re.search(r"listen (\S+:)?%d\b" % port, b))
+
+
+def assert_results(variables):
+    """(name, passed, fail_msg) of each assert of the preflight, with its own when."""
+    engine = Templar(loader=LOADER, variables=variables)
+    results = []
+    for entry in load("tasks/preflight.yml"):
+        args = entry.get("ansible.builtin.assert")
+        if args is None:
+            continue
+        local = dict(variables, **entry.get("vars", {}))
+        engine = Templar(loader=LOADER, variables=local)
+        when = entry.get("when")
+        if when is not None and not engine.evaluate_conditional(when):
+            continue
+        that = args["that"] if isinstance(args["that"], list) else [args["that"]]
+        passed = all(engine.evaluate_conditional(condition) for condition in that)
+        results.append((entry["name"], passed, None if passed else " ".join(engine.template(args["fail_msg"]).split())))
+    return results
+
+
+def failures(variables):
+    return [(name, msg) for name, passed, msg in assert_results(variables) if not passed]
+
+
+# --- the rendered configuration ------------------------------------------------------
+@pytest.mark.parametrize("host", ["gpu1", "gw1"])
+def test_managed_header_first_and_braces_balance(host):
+    text = conf(host, gateway_api_keys=KEYS)
+    assert text.startswith("#\n# Ansible managed\n#\n")
+    code = "\n".join(line for line in text.splitlines() if not line.strip().startswith(("#", "return")))
+    assert code.count("{") == code.count("}")
+    assert "{{" not in text and "{%" not in text
+
+
+def test_server_tier_over_loopback_instances_open_to_gateways_only():
+    text = conf("gpu1", gateway_api_keys=KEYS)
+    (upstream,) = blocks(text, "upstream gpufleet_local")
+    assert re.findall(r"server (\S+) ", upstream) == ["127.0.0.1:8001", "127.0.0.1:8002"]
+    assert "least_conn;" in upstream and "keepalive 32;" in upstream
+    assert "keepalive_timeout 4s;" in upstream  # under vLLM's own 5 s
+    assert "max_fails=2 fail_timeout=10s;" in upstream
+    server = server_block(text, 8000)
+    allows = re.findall(r"allow (\S+);", server)
+    assert allows == ["127.0.0.1", "::1", "10.0.0.2", "fd00::2"]
+    assert "deny all;" in server
+    assert "keepalive_timeout 75s;" in server  # longer than the gateways keep theirs (60 s)
+    # Keys and rate limits belong to the fleet tier.
+    assert "gpufleet_api_key_ok" not in text and "limit_req" not in text
+    assert "upstream gpufleet_fleet" not in text
+
+
+def test_tp_server_has_one_instance():
+    (upstream,) = blocks(conf("gpu1", instances="tp", gateway_api_keys=KEYS), "upstream gpufleet_local")
+    assert re.findall(r"server (\S+) ", upstream) == ["127.0.0.1:8001"]
+
+
+def test_fleet_tier_over_every_gpu_server_by_address():
+    text = conf("gw1", gateway_api_keys=KEYS)
+    (upstream,) = blocks(text, "upstream gpufleet_fleet")
+    lines = re.findall(r"server .*", upstream)
+    assert lines == [
+        "server 10.0.0.11:8000 max_fails=2 fail_timeout=10s;  # gpu1",
+        "server 10.0.0.12:9000 weight=3 max_fails=2 fail_timeout=10s;  # gpu2 (10.0.0.12)",
+    ]
+    assert "keepalive_timeout 60s;" in upstream
+    assert "upstream gpufleet_local" not in text
+
+
+def test_fleet_tier_streaming_and_retry_settings():
+    server = server_block(conf("gw1", gateway_api_keys=KEYS), 80)
+    for directive in (
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_buffering off;",
+        "proxy_request_buffering off;",
+        "proxy_read_timeout 3600s;",
+        "proxy_send_timeout 3600s;",
+        "proxy_connect_timeout 5s;",
+        "proxy_next_upstream error timeout;",
+        "proxy_next_upstream_tries 3;",
+        'proxy_set_header Authorization "";',
+        "client_max_body_size 16m;",
+        "gzip off;",
+        "server_tokens off;",
+    ):
+        assert directive in server, directive
+    assert "non_idempotent" not in server
+    assert "access_log /var/log/nginx/gpufleet-access.log gpufleet_upstream;" in server
+
+
+def test_log_format_has_upstream_timings():
+    text = conf("gw1", gateway_api_keys=KEYS)
+    fmt = text[text.index("log_format gpufleet_upstream") : text.index(";\n", text.index("log_format"))]
+    for variable in ("$upstream_response_time", "$upstream_connect_time", "$upstream_header_time", "$request_time", "$upstream_addr"):
+        assert variable in fmt
+
+
+def test_only_listed_paths_are_forwarded_with_keys_and_limits():
+    server = server_block(conf("gw1", gateway_api_keys=KEYS, gateway_extra_paths=["/v1/embeddings"]), 80)
+    paths = re.findall(r"location = (\S+) \{", server)
+    assert paths == ["/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings"]
+    for path in paths[1:]:
+        body = server[server.index("location = %s {" % path) :]
+        body = body[: body.index("\n    }")]
+        assert "if ($gpufleet_api_key_ok = 0)" in body and "return 401;" in body
+        assert "limit_req zone=gpufleet_clients burst=20 nodelay;" in body
+        assert "proxy_pass http://gpufleet_fleet;" in body
+    assert re.search(r"location / \{\s+return 404;\s+\}", server)
+    assert "limit_req_status 429;" in server
+
+
+def test_api_key_map_and_keys_file():
+    variables = role_vars("gw1", gateway_api_keys=KEYS)
+    text = render_file(variables, "gpufleet.conf.j2")
+    assert "map $http_authorization $gpufleet_api_key_ok {\n    default 0;\n    include /etc/nginx/gpufleet/api-keys.map;\n}" in text
+    assert not any(key in text for key in KEYS)
+    keys = render_file(variables, "api-keys.map.j2")
+    assert [line for line in keys.splitlines() if not line.startswith("#")] == ['"Bearer %s" 1;' % k for k in KEYS]
+
+
+def test_open_gateway_checks_no_keys():
+    text = conf("gw1", gateway_require_api_key=False)
+    assert "gpufleet_api_key_ok" not in text
+
+
+def test_health_answered_from_the_upstreams():
+    server = server_block(conf("gw1", gateway_api_keys=KEYS), 80)
+    health = server[server.index("location = /health {") :]
+    health = health[: health.index("\n    }")]
+    assert "proxy_next_upstream error timeout http_500 http_502 http_503 http_504;" in health
+    assert "proxy_next_upstream_tries 0;" in health
+    assert "error_page 500 502 503 504 = @gpufleet_unhealthy;" in health
+    assert "gpufleet_api_key_ok" not in health and "limit_req" not in health
+    assert "return 503" in server[server.index("location @gpufleet_unhealthy") :]
+
+
+@pytest.mark.parametrize(
+    ("balance", "expected", "absent"),
+    [
+        ("least_conn", "least_conn;", "hash "),
+        ("round_robin", None, "least_conn;"),
+        ("hash_header", "hash $gpufleet_affinity consistent;", "least_conn;"),
+    ],
+)
+def test_balance_modes(balance, expected, absent):
+    text = conf("gw1", gateway_api_keys=KEYS, gateway_balance=balance, gateway_hash_header="X-Session-ID")
+    (upstream,) = blocks(text, "upstream gpufleet_fleet")
+    if expected:
+        assert expected in upstream
+        assert upstream.index(expected) < upstream.index("keepalive 32;")  # balancing comes before keepalive
+    assert absent not in upstream
+    if balance == "hash_header":
+        assert "map $http_x_session_id $gpufleet_affinity {" in text
+        assert "least_conn" not in text and "hash" not in text.split("upstream gpufleet_fleet")[0].split("map $http_x_session_id")[0]
+
+
+def test_tls_listens_with_the_certificate():
+    text = conf("gw1", gateway_api_keys=KEYS, gateway_tls_certificate=PEM_CERT, gateway_tls_certificate_key=PEM_KEY)
+    server = server_block(text, 443)
+    assert "listen 443 ssl http2;" in server
+    assert "listen 80;" not in server  # TLS only by default
+    assert "ssl_certificate /etc/nginx/gpufleet/tls/gateway.crt;" in server
+    assert "ssl_certificate_key /etc/nginx/gpufleet/tls/gateway.key;" in server
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in server
+    both = server_block(
+        conf(
+            "gw1",
+            gateway_api_keys=KEYS,
+            gateway_tls_certificate=PEM_CERT,
+            gateway_tls_certificate_key=PEM_KEY,
+            gateway_tls_only=False,
+            gateway_listen_ipv6=True,
+        ),
+        443,
+    )
+    assert re.findall(r"listen (.*);", both) == ["80", "[::]:80", "443 ssl http2", "[::]:443 ssl http2"]
+
+
+def test_host_in_both_groups_runs_both_tiers():
+    groups = {"gpu_servers": ["gpu1"], "gateways": ["gpu1"]}
+    text = conf("gpu1", groups=groups, gateway_api_keys=KEYS)
+    assert len(blocks(text, "upstream gpufleet_local")) == 1 and len(blocks(text, "upstream gpufleet_fleet")) == 1
+    assert server_block(text, 8000) and server_block(text, 80)
+
+
+def test_server_listen_address_keeps_loopback():
+    server = server_block(conf("gpu1", gateway_server_listen_address="10.0.0.11"), 8000)
+    assert re.findall(r"listen (.*);", server) == ["10.0.0.11:8000", "127.0.0.1:8000"]
+
+
+def test_validator_script_tests_a_staged_copy():
+    script = render_file(role_vars("gw1"), "nginx-validate.sh.j2")
+    assert script.startswith("#!/bin/sh\n#\n# Ansible managed")
+    assert 'cp -RL /etc/nginx/. "$stage/"' in script
+    assert 'nginx -t -q -c "$stage/nginx.conf"' in script
+
+
+# --- preflight ---------------------------------------------------------------------------
+def test_preflight_passes_for_a_good_fleet():
+    for host in ("gpu1", "gw1"):
+        assert failures(role_vars(host, gateway_api_keys=KEYS)) == []
+
+
+@pytest.mark.parametrize(
+    ("host", "overrides", "assert_name", "words"),
+    [
+        ("gw1", {"groups": {"gpu_servers": [], "gateways": ["gw1"]}}, "Check that the gateway has GPU servers behind it", "add the GPU servers to gpu_servers"),
+        ("gw1", {"gateway_api_keys": ["good-key-0123456789", ""]}, "Check the API keys", "remove empty entries"),
+        ("gw1", {"gateway_api_keys": ['bad"key-0123456789']}, "Check the API keys", "openssl rand -hex 24"),
+        ("gw1", {"gateway_api_keys": []}, "Check that a gateway is not left open by accident", "gateway_require_api_key to false"),
+        ("gw1", {"gateway_tls_certificate": PEM_CERT}, "Check the TLS certificate and key come together", "set both, or neither"),
+        (
+            "gw1",
+            {"gateway_balance": "hash_header", "gateway_hash_header": "X Session"},
+            "Check the paths, the hash header and the rate limit",
+            "gateway_hash_header a header name",
+        ),
+        ("gw1", {"gateway_rate_limit": "10/s"}, "Check the paths, the hash header and the rate limit", "a rate like 10r/s"),
+        ("gw1", {"gateway_extra_paths": ["v1/embeddings"]}, "Check the paths, the hash header and the rate limit", "absolute paths"),
+        ("gw1", {"gateway_https_port": 80}, "Check the listening ports of the fleet tier", "must differ"),
+        ("gpu1", {"instances": "tp", "gateway_server_port": 8001}, "Check the instances' names and ports", "Change gateway_server_port"),
+    ],
+)
+def test_preflight_refusals_say_what_to_change(host, overrides, assert_name, words):
+    overrides = dict({"gateway_api_keys": KEYS}, **overrides)
+    variables = role_vars(host, **overrides)
+    failed = failures(variables)
+    assert [name for name, _ in failed] == [assert_name], failed
+    assert words in failed[0][1]
+
+
+def test_preflight_names_an_unresolved_gpu_server():
+    variables = role_vars("gw1", gateway_api_keys=KEYS)
+    variables["_gateway_resolved"] = dict(RESOLVED, gpu1=[])
+    (failed,) = failures(variables)
+    assert failed[0] == "Check the backends' addresses and ports"
+    assert "cannot resolve gpu1" in failed[1] and "gateway_address" in failed[1]
+
+
+def test_preflight_server_without_instances():
+    variables = role_vars("gpu1", gateway_api_keys=KEYS)
+    variables["_gateway_instances"] = []
+    names = [name for name, _ in failures(variables)]
+    assert "Check that the server tier has instances to serve" in names
+
+
+def test_host_in_no_tier_is_refused():
+    variables = role_vars("gw1", groups={"gpu_servers": ["gpu1"], "gateways": []}, gateway_api_keys=KEYS)
+    assert [name for name, _ in failures(variables)] == ["Check that the host belongs to a tier"]
