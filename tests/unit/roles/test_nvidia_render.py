@@ -291,3 +291,58 @@ def test_preflight_rejects_unsupported_platform(distribution, version, major, ar
     assert not passed
     assert msg.startswith(f"{distribution} {version} on {arch} is not supported by the nvidia role")
     assert "Debian 12, Ubuntu 22.04 and 24.04 on x86_64 or aarch64" in msg
+
+
+# Output of the preflight probe on a real host: two H200 (PCI class 0x030200)
+# with driver 580.159.04 loaded, Ubuntu 24.04, no update-initramfs (a container).
+PROBE_H200X2 = ["gpu=0000:00:06.0", "gpu=0000:00:07.0", "nvidia=580.159.04"]
+
+
+def set_facts(variables, rel, name):
+    """Apply a set_fact task of the role to the variables, as Ansible would."""
+    entry = task(rel, name)
+    facts_set = {key: render(variables, value) for key, value in entry["ansible.builtin.set_fact"].items()}
+    return {**variables, **facts_set}
+
+
+def activation(probe, installed=None, **overrides):
+    """The role's activation decision for a probe output and the installed kernel module package version."""
+    variables = role_vars("ubuntu2404", **overrides)
+    variables["__nvidia_probe"] = {"stdout_lines": probe}
+    variables = set_facts(variables, "tasks/preflight.yml", "Note what this host has")
+    module_package = render(variables, "{{ _nvidia_kernel_module_package }}")
+    packages = {module_package: [{"name": module_package, "version": installed}]} if installed else {}
+    variables["ansible_facts"] = {**variables["ansible_facts"], "packages": packages}
+    variables = set_facts(variables, "tasks/configure.yml", "Decide how to activate the driver")
+    return set_facts(variables, "tasks/configure.yml", "Note whether a reboot is needed")
+
+
+def test_probe_of_a_real_gpu_host():
+    variables = activation(PROBE_H200X2, "580.159.04-0ubuntu1")
+    assert variables["_nvidia_gpu_pci_ids"] == ["0000:00:06.0", "0000:00:07.0"]
+    assert variables["_nvidia_module_loaded_version"] == "580.159.04"
+    assert variables["_nvidia_module_installed_version"] == "580.159.04"
+    assert variables["_nvidia_loaded_nouveau"] is False
+    assert variables["_nvidia_initramfs_present"] is False
+    assert variables["_nvidia_gpu_present"] is True
+    # The installed module is the loaded one: nothing to load, no reboot.
+    assert variables["_nvidia_reboot_needed"] is False
+    assert variables["_nvidia_load_module"] is False
+
+
+@pytest.mark.parametrize(
+    ("probe", "installed", "reboot", "load"),
+    [
+        (PROBE_H200X2, "580.172.08-0ubuntu1", True, False),  # upgraded on disk, old module loaded
+        (["gpu=0000:01:00.0"], "580.95.05-0ubuntu1", False, True),  # new install, nothing loaded: modprobe
+        (["gpu=0000:01:00.0", "nouveau=loaded"], "580.95.05-0ubuntu1", True, False),  # nouveau holds the card
+        (["gpu=0000:01:00.0"], None, False, False),  # no driver package installed (another source)
+        ([], "580.95.05-0ubuntu1", False, False),  # no GPU: never load, never reboot
+        (["nouveau=loaded", "initramfs=present"], "580.95.05-0ubuntu1", False, False),  # no NVIDIA GPU, nouveau for another card
+    ],
+)
+def test_activation_decision(probe, installed, reboot, load):
+    variables = activation(probe, installed)
+    assert variables["_nvidia_reboot_needed"] is reboot
+    assert variables["_nvidia_load_module"] is load
+    assert variables["_nvidia_gpu_present"] is (any(line.startswith("gpu=") for line in probe) or any(line.startswith("nvidia=") for line in probe))
