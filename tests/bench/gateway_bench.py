@@ -17,6 +17,13 @@ whose gateway_rate_limit is above the rates measured here (the script stops
 when it sees a 429 instead of reporting a ratio that measures the limit).
 Rounds alternate direct and gateway measurements, so that drift on a busy
 machine affects both sides alike.
+
+What the ratio means depends on what the gateway fronts. To measure what the
+two nginx hops cost, point the gateway at the one server measured directly
+(gateway_backends: [{address: t-gwgpu1}]) and give all of its instances with
+--backend-ports 8001,8002: both sides then reach the same engines. Against the
+whole fleet the ratio also holds the other servers' speed (on the 2-core test
+machine every "GPU" is a shared CPU core, so engines slow each other down).
 """
 
 from __future__ import annotations
