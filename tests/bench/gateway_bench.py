@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What the gateway costs: time to first streamed token and requests per second
 through the fleet gateway, each divided by the same figure measured directly
 against one vLLM backend. A benchmark, not a test.
@@ -135,7 +134,7 @@ def measure(container, host, ports, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument("--gateway", default="t-gw1", help="gateway host (container name)")
     p.add_argument("--gateway-port", type=int, default=80, help="plain HTTP port of the fleet tier")
     p.add_argument("--backend", default="t-gwgpu1", help="GPU server (container name) for the direct figures")

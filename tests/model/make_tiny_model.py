@@ -41,8 +41,8 @@ WORDS = (
 
 
 def corpus(rng: random.Random, lines: int = 4000):
-    for _ in range(lines):
-        yield " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) + "."
+    for _i in range(lines):
+        yield " ".join(rng.choice(WORDS) for _i in range(rng.randint(4, 16))) + "."
 
 
 def build_tokenizer(seed: int) -> Tokenizer:

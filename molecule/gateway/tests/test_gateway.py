@@ -158,7 +158,7 @@ def test_fleet_upstream_lists_every_gpu_server_by_address(gw, gpus):
 
 
 def test_server_tier_admits_gateways_only(gw, gpus):
-    status, _ = request(gw, "/v1/models", key=None, url="http://%s:8000" % GPU1)
+    status, _rest = request(gw, "/v1/models", key=None, url="http://%s:8000" % GPU1)
     assert status == 200
     status, body = request(gpus[GPU1], "/v1/models", key=None, url="http://%s:8000" % GPU2)
     assert status == 403, body
@@ -171,7 +171,7 @@ def test_vllm_unreachable_from_the_gateway(gw, plans):
 
 
 def test_health_answered_by_the_gateway(gw):
-    status, _ = request(gw, "/health", key=None)
+    status, _rest = request(gw, "/health", key=None)
     assert status == 200
 
 
@@ -195,7 +195,7 @@ def test_no_or_wrong_key_gets_401(gw, key):
 
 @pytest.mark.parametrize("path", ["/tokenize", "/metrics", "/pause", "/v1/models/../tokenize", "/v1/load_lora_adapter", "/docs"])
 def test_paths_outside_the_list_are_refused(gw, path):
-    status, _ = request(gw, path, body={"model": MODEL, "prompt": "x"})
+    status, _rest = request(gw, path, body={"model": MODEL, "prompt": "x"})
     assert status == 404, path
 
 
@@ -246,7 +246,7 @@ def test_access_log_has_upstream_timings(gw):
 
 def test_both_gpu_servers_take_requests(gw, gpus):
     gw.run("truncate -s 0 /var/log/nginx/gpufleet-access.log")
-    for _ in range(6):
+    for _i in range(6):
         assert chat(gw)[0] == 200
     log = gw.file("/var/log/nginx/gpufleet-access.log").content_string
     for name in gpus:
@@ -274,9 +274,9 @@ def test_requests_succeed_with_one_backend_stopped(gw, gpus, plans):
     gpu = gpus[GPU1]
     assert gpu.run("systemctl stop vllm@%s", inst["name"]).rc == 0
     try:
-        statuses = [chat(gw)[0] for _ in range(20)]
+        statuses = [chat(gw)[0] for _i in range(20)]
         assert statuses == [200] * 20, statuses
-        status, _ = request(gw, "/health", key=None)
+        status, _rest = request(gw, "/health", key=None)
         assert status == 200
     finally:
         gpu.run("systemctl start vllm@%s", inst["name"])
@@ -287,7 +287,7 @@ def test_requests_succeed_with_one_server_tier_down(gw, gpus):
     gpu = gpus[GPU2]
     assert gpu.run("systemctl stop nginx").rc == 0
     try:
-        statuses = [chat(gw)[0] for _ in range(20)]
+        statuses = [chat(gw)[0] for _i in range(20)]
         assert statuses == [200] * 20, statuses
     finally:
         gpu.run("systemctl start nginx")

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def call(host, path, body=None, key=KEY):
         args += ["-H", "Authorization: Bearer %s" % key]
     if body is not None:
         args += ["-H", "content-type: application/json", "-d", json.dumps(body)]
-    out = host.run(" ".join("'%s'" % a.replace("'", "'\\''") for a in args + ["http://127.0.0.1%s" % path]))
+    out = host.run(shlex.join([*args, "http://127.0.0.1%s" % path]))
     assert out.rc == 0, out.stderr
     return int(out.stdout), host.file("/tmp/body").content_string
 
@@ -50,7 +51,7 @@ def test_chat_completion_through_the_fleet_gateway(host):
 
 def test_every_instance_of_both_servers_serves(host):
     # Enough requests that least_conn reaches both servers and all three instances.
-    for _ in range(12):
+    for _i in range(12):
         status, body = call(host, "/v1/completions", {"model": "tiny", "prompt": "ping", "max_tokens": 2})
         assert status == 200, body
     for name, ports in (("t-site-gpu1", (8001, 8002)), ("t-site-gpu2", (8001,))):
@@ -61,7 +62,7 @@ def test_every_instance_of_both_servers_serves(host):
 
 
 def test_no_key_no_service(host):
-    status, _ = call(host, "/v1/models", key=None)
+    status, _rest = call(host, "/v1/models", key=None)
     assert status == 401
 
 
@@ -74,9 +75,9 @@ def test_check_mode_reports_no_change():
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
     if not inventory:
         pytest.fail("MOLECULE_INVENTORY_FILE is not set: run through molecule verify")
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT), ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
+    env = dict(os.environ, GPUFLEET_REPO_DIR=str(ROOT), ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT), ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
     out = subprocess.run(["ansible-playbook", "-i", inventory, "--check", "--diff", str(ROOT / "site.yml")],
                          capture_output=True, text=True, env=env, check=False, cwd=str(ROOT / "molecule" / "site"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     recap = re.findall(r"^(\S+)\s*: ok=\d+\s+changed=(\d+)", out.stdout, re.M)
-    assert recap and all(int(changed) == 0 for _, changed in recap), out.stdout[-3000:]
+    assert recap and all(int(changed) == 0 for _first, changed in recap), out.stdout[-3000:]

@@ -323,7 +323,7 @@ def test_preflight_refusals_say_what_to_change(host, overrides, assert_name, wor
     overrides = dict({"gateway_api_keys": KEYS}, **overrides)
     variables = role_vars(host, **overrides)
     failed = failures(variables)
-    assert [name for name, _ in failed] == [assert_name], failed
+    assert [name for name, _rest in failed] == [assert_name], failed
     assert words in failed[0][1]
 
 
@@ -338,10 +338,10 @@ def test_preflight_names_an_unresolved_gpu_server():
 def test_preflight_server_without_instances():
     variables = role_vars("gpu1", gateway_api_keys=KEYS)
     variables["_gateway_instances"] = []
-    names = [name for name, _ in failures(variables)]
+    names = [name for name, _rest in failures(variables)]
     assert "Check that the server tier has instances to serve" in names
 
 
 def test_host_in_no_tier_is_refused():
     variables = role_vars("gw1", groups={"gpu_servers": ["gpu1"], "gateways": []}, gateway_api_keys=KEYS)
-    assert [name for name, _ in failures(variables)] == ["Check that the host belongs to a tier"]
+    assert [name for name, _rest in failures(variables)] == ["Check that the host belongs to a tier"]

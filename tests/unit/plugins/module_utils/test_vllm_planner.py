@@ -499,10 +499,9 @@ def test_facts_or_profile_not_both_nor_neither(h200x2):
 
 def test_format_plan_table(h200x2):
     ok = vp.plan(gpus=h200x2, model=model("Llama-3.1-70B"))
-    try:
+    with pytest.raises(vp.PlanError) as refused:
         vp.plan(gpu_profile="rtx-5080", gpu_count=2, model=model("Llama-3.1-70B"))
-    except vp.PlanError as exc:
-        error = exc
+    error = refused.value
     text = vp.format_plan_table(
         [{"host": "gpu1", "plan": ok}, {"host": "gpu2", "error": str(error), **error.details}, {"host": "gpu3"}],
         width=100,
