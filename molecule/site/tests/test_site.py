@@ -75,7 +75,12 @@ def test_check_mode_reports_no_change():
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
     if not inventory:
         pytest.fail("MOLECULE_INVENTORY_FILE is not set: run through molecule verify")
-    env = dict(os.environ, GPUFLEET_REPO_DIR=str(ROOT), ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT), ANSIBLE_ROLES_PATH=str(ROOT / "roles"))
+    env = dict(
+        os.environ,
+        GPUFLEET_REPO_DIR=str(ROOT),
+        ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT),
+        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+    )
     out = subprocess.run(["ansible-playbook", "-i", inventory, "--check", "--diff", str(ROOT / "site.yml")],
                          capture_output=True, text=True, env=env, check=False, cwd=str(ROOT / "molecule" / "site"))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
