@@ -1,0 +1,364 @@
+# Copyright (c) 2026, gpufleet.serving contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""A small load generator for OpenAI-compatible endpoints (vLLM, the gateways).
+
+Standard library only, so that the same file runs on the control node, inside
+a fleet host (``python3 loadgen.py ...``, or piped to ``python3 -``) and under
+Ansible. Each request is a real HTTP request (``http.client``), streamed by
+default, and leaves one record: when it started and ended (wall clock, so that
+records line up with events such as a kill), its outcome, the time to the first
+token and the number of output tokens.
+
+The load is bounded in count and in time: requests are issued at ``rate`` per
+second (0: back to back) by at most ``concurrency`` clients, until ``count``
+requests were issued, ``duration`` seconds passed or ``stop_file`` appears.
+
+Outcomes: ``ok``; ``http_<status>`` (an answer other than 200);
+``connect_error`` (no connection); ``reset`` (the connection broke before an
+answer); ``incomplete`` (a stream that ended before ``[DONE]``); ``timeout``;
+``bad_answer`` (200 without any token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import http.client
+import json
+import math
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+PATHS = ("/v1/completions", "/v1/chat/completions")
+WORDS = ("fleet", "gateway", "token", "server", "card", "model", "batch", "cache", "link", "engine")
+
+
+class LoadError(ValueError):
+    """A bad setting; the message names it."""
+
+
+def parse_mix(text):
+    """'32:16,256:64' -> [(32, 16), (256, 64)]: prompt words and output tokens per request kind."""
+    mix = []
+    for raw in str(text).split(","):
+        part = raw.strip()
+        if not part:
+            continue
+        try:
+            prompt, output = (int(x) for x in part.split(":"))
+        except ValueError:
+            raise LoadError("mix: %r is not PROMPT_WORDS:OUTPUT_TOKENS (for example 32:16)" % part) from None
+        if prompt < 1 or output < 1:
+            raise LoadError("mix: %r needs a prompt and an output of at least 1" % part)
+        mix.append((prompt, output))
+    if not mix:
+        raise LoadError("mix: give at least one PROMPT_WORDS:OUTPUT_TOKENS pair")
+    return mix
+
+
+def check_settings(settings):
+    """Validate a settings dict (the CLI's options); returns it with defaults filled."""
+    s = dict(DEFAULTS)
+    s.update({k: v for k, v in settings.items() if v is not None})
+    parts = urlsplit(s["url"])
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LoadError("url: %r is not http(s)://HOST[:PORT]" % s["url"])
+    if s["path"] not in PATHS:
+        raise LoadError("path: %r is not one of %s" % (s["path"], ", ".join(PATHS)))
+    if not s["model"]:
+        raise LoadError("model: name the served model")
+    for key in ("concurrency",):
+        if int(s[key]) < 1:
+            raise LoadError("%s: must be 1 or more" % key)
+    for key in ("rate", "duration", "timeout"):
+        if float(s[key]) < 0:
+            raise LoadError("%s: must not be negative" % key)
+    if int(s["count"]) < 0:
+        raise LoadError("count: must not be negative")
+    if int(s["count"]) == 0 and float(s["duration"]) == 0 and not s["stop_file"]:
+        raise LoadError("count, duration, stop_file: give at least one bound, the load must end")
+    s["mix"] = parse_mix(s["mix"]) if isinstance(s["mix"], str) else list(s["mix"])
+    return s
+
+
+DEFAULTS = {
+    "url": "http://127.0.0.1",
+    "path": "/v1/completions",
+    "model": "",
+    "key": "",
+    "mix": "16:8",
+    "stream": True,
+    "concurrency": 4,
+    "rate": 0.0,
+    "count": 0,
+    "duration": 0.0,
+    "stop_file": "",
+    "timeout": 120.0,
+    "seed": 0,
+    "headers": {},
+}
+
+
+def request_body(settings, kind, index):
+    """The JSON body of request ``index`` for a (prompt_words, output_tokens) kind."""
+    prompt_words, output_tokens = kind
+    rng = random.Random("%s-%d" % (settings["seed"], index))
+    # A per-request prefix keeps prompts from hitting the prefix cache alike.
+    prompt = " ".join([str(index)] + [rng.choice(WORDS) for _ in range(prompt_words - 1)])
+    body = {"model": settings["model"], "max_tokens": output_tokens, "ignore_eos": True, "temperature": 0}
+    if settings["path"] == "/v1/chat/completions":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    if settings["stream"]:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def chunk_text(event, path):
+    """The text a streamed event carries ('' for none)."""
+    choices = event.get("choices") or []
+    if not choices:
+        return ""
+    if path == "/v1/chat/completions":
+        return (choices[0].get("delta") or {}).get("content") or ""
+    return choices[0].get("text") or ""
+
+
+def read_stream(lines, path, clock):
+    """Read server-sent events; returns (first_token_at, last_token_at, tokens, done).
+
+    ``lines`` yields raw lines; ``clock`` gives the time each token arrived.
+    The token count is the usage the server reports, else the chunks with text.
+    """
+    first = last = None
+    chunks = 0
+    usage_tokens = None
+    done = False
+    for raw in lines:
+        line = raw.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            done = True
+            break
+        event = json.loads(data)
+        if event.get("usage"):
+            usage_tokens = event["usage"].get("completion_tokens", usage_tokens)
+        if chunk_text(event, path):
+            now = clock()
+            first = now if first is None else first
+            last = now
+            chunks += 1
+    return first, last, (usage_tokens if usage_tokens is not None else chunks), done
+
+
+def classify_error(exc):
+    """The outcome name for an exception raised while talking to the server."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "incomplete"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect_error"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED):
+        return "connect_error"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+        return "reset"
+    return "error"
+
+
+def one_request(settings, index, kind, connection_factory=None):
+    """Send one request; returns its record (never raises for server trouble)."""
+    parts = urlsplit(settings["url"])
+    factory = connection_factory or (http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection)
+    headers = {"Content-Type": "application/json"}
+    headers.update(settings["headers"])
+    if settings["key"]:
+        headers["Authorization"] = "Bearer %s" % settings["key"]
+    body = json.dumps(request_body(settings, kind, index))
+    record = {
+        "i": index,
+        "prompt_words": kind[0],
+        "max_tokens": kind[1],
+        "start": time.time(),
+        "status": None,
+        "outcome": None,
+        "ttft": None,
+        "tpot": None,
+        "latency": None,
+        "tokens": 0,
+        "error": None,
+    }
+    began = time.perf_counter()
+    conn = factory(parts.hostname, parts.port, timeout=float(settings["timeout"]) or None)
+    connected = False
+    try:
+        conn.connect()
+        connected = True
+        conn.request("POST", settings["path"], body, headers)
+        resp = conn.getresponse()
+        record["status"] = resp.status
+        if resp.status != 200:
+            resp.read()
+            record["outcome"] = "http_%d" % resp.status
+        elif settings["stream"]:
+            first, last, tokens, done = read_stream(iter(resp.readline, b""), settings["path"], time.perf_counter)
+            record["tokens"] = tokens
+            if first is not None:
+                record["ttft"] = first - began
+                if tokens > 1:
+                    record["tpot"] = (last - first) / (tokens - 1)
+            record["outcome"] = "ok" if done and tokens > 0 else ("incomplete" if not done else "bad_answer")
+        else:
+            answer = json.loads(resp.read())
+            record["tokens"] = (answer.get("usage") or {}).get("completion_tokens", 0)
+            record["ttft"] = time.perf_counter() - began
+            record["outcome"] = "ok" if answer.get("choices") else "bad_answer"
+    except Exception as exc:  # pylint: disable=broad-except
+        # Whatever stopped the connection itself (refused, unreachable, timed out) is a connect error.
+        record["outcome"] = classify_error(exc) if connected else "connect_error"
+        record["error"] = "%s: %s" % (type(exc).__name__, exc)
+    finally:
+        conn.close()
+    record["latency"] = time.perf_counter() - began
+    record["end"] = time.time()
+    return record
+
+
+def run(settings, on_record=None, connection_factory=None):
+    """Drive the load; returns the list of records, in the order requests were issued."""
+    s = check_settings(settings)
+    records = []
+    lock = threading.Lock()
+    state = {"next": 0}
+    t0 = time.time()
+    mix = s["mix"]
+    rate = float(s["rate"])
+    count = int(s["count"])
+    duration = float(s["duration"])
+
+    def stopping(index):
+        if count and index >= count:
+            return True
+        if duration and time.time() - t0 >= duration:
+            return True
+        return bool(s["stop_file"]) and os.path.exists(s["stop_file"])
+
+    def worker():
+        while True:
+            with lock:
+                index = state["next"]
+                if stopping(index):
+                    return
+                state["next"] += 1
+            if rate:
+                delay = t0 + index / rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                if stopping(index):
+                    return
+            record = one_request(s, index, mix[index % len(mix)], connection_factory)
+            with lock:
+                records.append(record)
+                if on_record:
+                    on_record(record)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(int(s["concurrency"]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    records.sort(key=lambda r: r["i"])
+    return records
+
+
+def percentile(values, q):
+    """The q-th percentile (0-100) by linear interpolation; None for no values."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    pos = (len(values) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+def summarize(records):
+    """Counts per outcome and the usual serving figures over the successful requests."""
+    outcomes = {}
+    for r in records:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    ok = [r for r in records if r["outcome"] == "ok"]
+    span = (max(r["end"] for r in records) - min(r["start"] for r in records)) if records else 0.0
+    tokens = sum(r["tokens"] for r in ok)
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "failed": len(records) - len(ok),
+        "outcomes": outcomes,
+        "seconds": span,
+        "requests_per_s": (len(ok) / span) if span > 0 else None,
+        "output_tokens_per_s": (tokens / span) if span > 0 else None,
+        "ttft_p50": percentile([r["ttft"] for r in ok], 50),
+        "ttft_p99": percentile([r["ttft"] for r in ok], 99),
+        "tpot_p50": percentile([r["tpot"] for r in ok], 50),
+        "tpot_p99": percentile([r["tpot"] for r in ok], 99),
+        "latency_p50": percentile([r["latency"] for r in ok], 50),
+        "latency_p99": percentile([r["latency"] for r in ok], 99),
+    }
+
+
+def in_flight(records, at):
+    """The records of requests that had started and not ended at time ``at``."""
+    return [r for r in records if r["start"] <= at < r["end"]]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Bounded load against an OpenAI-compatible endpoint; prints a JSON summary.")
+    p.add_argument("--url", default=DEFAULTS["url"], help="http(s)://HOST[:PORT] of the endpoint")
+    p.add_argument("--path", default=DEFAULTS["path"], choices=PATHS)
+    p.add_argument("--model", required=True, help="served model name")
+    p.add_argument("--key", default=os.environ.get("GPUFLEET_API_KEY", ""), help="API key (or GPUFLEET_API_KEY)")
+    p.add_argument("--mix", default=DEFAULTS["mix"], help="PROMPT_WORDS:OUTPUT_TOKENS[,...], cycled")
+    p.add_argument("--no-stream", dest="stream", action="store_false")
+    p.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"])
+    p.add_argument("--rate", type=float, default=DEFAULTS["rate"], help="requests per second (0: back to back)")
+    p.add_argument("--count", type=int, default=0, help="stop after this many requests")
+    p.add_argument("--duration", type=float, default=0.0, help="stop issuing after this many seconds")
+    p.add_argument("--stop-file", default="", help="stop issuing once this file exists")
+    p.add_argument("--timeout", type=float, default=DEFAULTS["timeout"], help="socket timeout per request, seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--records", default="", help="write one JSON record per request to this file as they end")
+    args = p.parse_args(argv)
+    settings = {k: v for k, v in vars(args).items() if k != "records"}
+    out = open(args.records, "w") if args.records else None  # pylint: disable=consider-using-with
+
+    def on_record(record):
+        if out:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+    try:
+        records = run(settings, on_record)
+    except LoadError as exc:
+        sys.stderr.write("loadgen: %s\n" % exc)
+        return 2
+    finally:
+        if out:
+            out.close()
+    sys.stdout.write(json.dumps(summarize(records), sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The load generator against a real local HTTP server that behaves like vLLM, or breaks."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from ansible_collections.gpufleet.serving.plugins.module_utils import loadgen
+
+
+class FakeVLLM(BaseHTTPRequestHandler):
+    """Streams `max_tokens` chunks, or misbehaves as the prompt's first word says."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "ok"
+    seen = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeVLLM.seen.append((self.path, body, dict(self.headers)))
+        mode = FakeVLLM.mode
+        if mode == "http500":
+            payload = b'{"error": "boom"}'
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if not body.get("stream"):
+            payload = json.dumps({"choices": [{"text": "x"}], "usage": {"completion_tokens": body["max_tokens"]}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        chat = self.path == "/v1/chat/completions"
+        for n in range(0 if mode == "empty" else body["max_tokens"]):
+            choice = {"delta": {"content": "t%d" % n}} if chat else {"text": "t%d" % n}
+            self.wfile.write(b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n")
+            self.wfile.flush()
+            if mode == "drop" and n == 1:
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+        if mode == "empty":
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        usage = {"choices": [], "usage": {"completion_tokens": body["max_tokens"]}}
+        self.wfile.write(b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
+
+
+@pytest.fixture()
+def server():
+    FakeVLLM.mode = "ok"
+    FakeVLLM.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeVLLM)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d" % httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def settings(url, **extra):
+    s = {"url": url, "model": "tiny", "count": 6, "concurrency": 3, "mix": "4:5,8:3"}
+    s.update(extra)
+    return s
+
+
+def test_streamed_completions_are_timed_and_counted(server):
+    records = loadgen.run(settings(server, key="k1"))
+    assert [r["i"] for r in records] == list(range(6))
+    assert all(r["outcome"] == "ok" for r in records)
+    assert [r["tokens"] for r in records] == [5, 3, 5, 3, 5, 3]
+    assert all(0 < r["ttft"] <= r["latency"] for r in records)
+    assert all(r["tpot"] is not None and r["tpot"] >= 0 for r in records)
+    path, body, headers = FakeVLLM.seen[0]
+    assert path == "/v1/completions" and body["stream"] and body["stream_options"] == {"include_usage": True}
+    assert headers["Authorization"] == "Bearer k1"
+    assert body["ignore_eos"] is True
+    assert len(body["prompt"].split()) in (4, 8)
+    summary = loadgen.summarize(records)
+    assert summary["ok"] == 6 and summary["failed"] == 0 and summary["outcomes"] == {"ok": 6}
+    assert summary["output_tokens_per_s"] > 0 and summary["ttft_p50"] <= summary["ttft_p99"]
+
+
+def test_chat_path_reads_deltas(server):
+    records = loadgen.run(settings(server, path="/v1/chat/completions", count=2))
+    assert [r["tokens"] for r in records] == [5, 3]
+    assert FakeVLLM.seen[0][1]["messages"][0]["role"] == "user"
+
+
+def test_not_streamed(server):
+    records = loadgen.run(settings(server, stream=False, count=2))
+    assert [(r["outcome"], r["tokens"]) for r in records] == [("ok", 5), ("ok", 3)]
+
+
+@pytest.mark.parametrize(("mode", "outcome"), [("http500", "http_500"), ("drop", "incomplete"), ("empty", "bad_answer")])
+def test_broken_answers_are_failures(server, mode, outcome):
+    FakeVLLM.mode = mode
+    records = loadgen.run(settings(server, count=2, mix="4:5"))
+    assert [r["outcome"] for r in records] == [outcome, outcome]
+    assert loadgen.summarize(records)["failed"] == 2
+
+
+def test_refused_connection_is_a_connect_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    records = loadgen.run(settings("http://127.0.0.1:%d" % port, count=2))
+    assert [r["outcome"] for r in records] == ["connect_error", "connect_error"]
+    assert records[0]["error"]
+
+
+def test_stop_file_and_rate_bound_the_load(server, tmp_path):
+    stop = tmp_path / "stop"
+    seen = []
+
+    def on_record(record):
+        seen.append(record)
+        if len(seen) == 3:
+            stop.write_text("")
+
+    records = loadgen.run(settings(server, count=0, stop_file=str(stop), rate=50, concurrency=1), on_record)
+    assert 3 <= len(records) <= 4
+    starts = [r["start"] for r in records]
+    assert starts[-1] - starts[0] >= (len(records) - 1) / 50 * 0.9
+
+
+def test_in_flight_and_percentiles():
+    records = [{"start": 0.0, "end": 2.0}, {"start": 1.0, "end": 1.5}, {"start": 3.0, "end": 4.0}]
+    assert loadgen.in_flight(records, 1.2) == records[:2]
+    assert loadgen.in_flight(records, 2.5) == []
+    assert loadgen.percentile([1, 2, 3, 4], 50) == 2.5
+    assert loadgen.percentile([5], 99) == 5
+    assert loadgen.percentile([None], 50) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        ({"url": "ftp://x"}, "url"),
+        ({"path": "/v1/embeddings"}, "path"),
+        ({"model": ""}, "model"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"rate": -1}, "rate"),
+        ({"count": 0}, "bound"),
+        ({"mix": "4x5"}, "mix"),
+        ({"mix": "0:5"}, "mix"),
+    ],
+)
+def test_bad_settings_name_the_setting(change, word):
+    with pytest.raises(loadgen.LoadError, match=word):
+        loadgen.check_settings(dict(settings("http://127.0.0.1:1"), **change))
+
+
+def test_cli_prints_a_summary_and_writes_records(server, tmp_path, capsys):
+    out = tmp_path / "records.jsonl"
+    assert loadgen.main(["--url", server, "--model", "tiny", "--count", "3", "--records", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] == 3
+    assert len(out.read_text().splitlines()) == 3
+    assert loadgen.main(["--url", server, "--model", "tiny"]) == 2
+    assert "bound" in capsys.readouterr().err
