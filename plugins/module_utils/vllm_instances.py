@@ -102,6 +102,7 @@ def instance_status(name, show, env_text, environ):
         "started_at": show.get("ExecMainStartTimestamp", ""),
         "configured": env_text is not None,
         "port": int(wanted["GPUFLEET_PORT"]) if wanted.get("GPUFLEET_PORT", "").isdigit() else None,
+        "package": wanted.get("GPUFLEET_VLLM_PACKAGE"),
         "stale": False,
         "stale_keys": [],
     }

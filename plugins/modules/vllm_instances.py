@@ -91,6 +91,7 @@ instances:
     started_at: {description: When the running process started (ExecMainStartTimestamp)., type: str}
     configured: {description: Whether the instance has an environment file., type: bool}
     port: {description: The instance's port (GPUFLEET_PORT of its environment file)., type: int, sample: 8001}
+    package: {description: The vLLM package its configuration was written for (GPUFLEET_VLLM_PACKAGE)., type: str, sample: vllm==0.33.0}
     stale: {description: Whether the running process started with other values than its environment file has now., type: bool}
     stale_keys: {description: The variables that differ., type: list, elements: str, sample: [GPUFLEET_VLLM_ARGS]}
     requests_running: {description: Requests being processed (with O(metrics); null when unreadable)., type: float}

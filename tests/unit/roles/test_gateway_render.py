@@ -345,3 +345,30 @@ def test_preflight_server_without_instances():
 def test_host_in_no_tier_is_refused():
     variables = role_vars("gw1", groups={"gpu_servers": ["gpu1"], "gateways": []}, gateway_api_keys=KEYS)
     assert [name for name, _rest in failures(variables)] == ["Check that the host belongs to a tier"]
+
+
+@pytest.mark.parametrize(
+    ("host", "tier", "name", "expected_line"),
+    [
+        ("gpu1", "server", "vllm@1", "server 127.0.0.1:8002 down max_fails"),
+        ("gw1", "fleet", "gpu2", "server 10.0.0.12:9000 down weight=3"),
+        ("gw1", "fleet", "gpu1", "server 10.0.0.11:8000 down max_fails"),
+    ],
+)
+def test_drain_marks_exactly_one_upstream_line(host, tier, name, expected_line):
+    """tasks/drain.yml edits the rendered file with _gateway_drain_regexp: it must find each server line, mark
+    only that one, and give back the very same file when the mark is removed."""
+    text = conf(host)
+    pattern = re.compile(load("vars/main.yml")["_gateway_drain_regexp"].replace("NAME", re.escape(name)), re.MULTILINE)
+    assert len(pattern.findall(text)) == 1, (name, text)
+    drained = pattern.sub(r"\1 down\2", text)
+    changed = [line.strip() for a, line in zip(text.splitlines(), drained.splitlines()) if a != line]
+    assert len(changed) == 1 and changed[0].startswith(expected_line), changed
+    assert pattern.sub(r"\1 down\2", drained) == drained, "draining twice changes nothing"
+    assert pattern.sub(r"\1\2", drained) == text, "bringing it back restores the rendered file"
+
+
+def test_drain_entry_point_names_its_inputs():
+    spec = load("meta/argument_specs.yml")["argument_specs"]["drain"]["options"]
+    assert sorted(spec) == ["gateway_drain_names", "gateway_drain_state", "gateway_drain_tier"]
+    assert all(o["required"] for o in spec.values())

@@ -10,6 +10,7 @@ CUDA_VISIBLE_DEVICES=0
 GPUFLEET_PORT=8001
 GPUFLEET_UNIT_SHA1=abc
 GPUFLEET_VLLM_ARGS=--model /m --port 8001
+GPUFLEET_VLLM_PACKAGE=vllm==0.33.0
 QUOTED="a b"
 """
 RUNNING = {
@@ -17,6 +18,7 @@ RUNNING = {
     "GPUFLEET_PORT": "8001",
     "GPUFLEET_UNIT_SHA1": "abc",
     "GPUFLEET_VLLM_ARGS": "--model /m --port 8001",
+    "GPUFLEET_VLLM_PACKAGE": "vllm==0.33.0",
     "QUOTED": "a b",
     "HOME": "/var/lib/vllm",
 }
@@ -36,6 +38,7 @@ def test_instance_running_its_files_is_not_stale():
     s = vi.instance_status("0", vi.parse_show(SHOW), ENV, vi.parse_environ(environ(RUNNING)))
     assert s["stale"] is False and s["stale_keys"] == []
     assert (s["unit"], s["main_pid"], s["restarts"], s["port"], s["active_state"]) == ("vllm@0.service", 4242, 1, 8001, "active")
+    assert s["package"] == "vllm==0.33.0"
 
 
 def test_changed_arguments_or_unit_make_it_stale():
