@@ -111,7 +111,7 @@ def request_body(settings, kind, index):
     prompt_words, output_tokens = kind
     rng = random.Random("%s-%d" % (settings["seed"], index))
     # A per-request prefix keeps prompts from hitting the prefix cache alike.
-    prompt = " ".join([str(index)] + [rng.choice(WORDS) for _ in range(prompt_words - 1)])
+    prompt = " ".join([str(index)] + [rng.choice(WORDS) for _word in range(prompt_words - 1)])
     body = {"model": settings["model"], "max_tokens": output_tokens, "ignore_eos": True, "temperature": 0}
     if settings["path"] == "/v1/chat/completions":
         body["messages"] = [{"role": "user", "content": prompt}]
@@ -273,7 +273,7 @@ def run(settings, on_record=None, connection_factory=None):
                 if on_record:
                     on_record(record)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(int(s["concurrency"]))]
+    threads = [threading.Thread(target=worker, daemon=True) for _client in range(int(s["concurrency"]))]
     for t in threads:
         t.start()
     for t in threads:
@@ -361,4 +361,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

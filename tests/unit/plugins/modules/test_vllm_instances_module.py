@@ -59,7 +59,7 @@ def test_every_configured_instance_by_default(host, capsys):
 
 
 def test_named_instances_with_unreachable_metrics(host, capsys):
-    config_dir, _ = host
+    config_dir, _calls = host
     result = run(capsys, {"config_dir": str(config_dir), "names": ["0"], "metrics": True, "metrics_timeout": 0.2})
     (only,) = result["instances"]
     assert only["port"] == 8001
