@@ -1,0 +1,205 @@
+"""Rolling updates and faults under steady load, on the fleet site.yml built.
+
+Runs after test_site.py (file order): each test drives the fleet gateway with the
+project's load generator (plugins/module_utils/loadgen.py, run inside t-site-gw1
+against its port 80) while something happens to the fleet, then reads every
+request's record. The counts of each case are written to
+.cache/reports/site-faults.json for the closing notes.
+
+The last test kills a whole GPU server: it must stay last.
+"""
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+GW = "t-site-gw1"
+KEY = "demo-key-0123456789"
+LOADGEN = ROOT / "plugins" / "module_utils" / "loadgen.py"
+REPORT = ROOT / ".cache" / "reports" / "site-faults.json"
+ROLLOUT_ENV = {"vllm_extra_env": {"GPUFLEET_ROLLOUT": "1"}}
+
+
+def sh(container, *args, check=True):
+    return subprocess.run(["podman", "exec", container, *args], capture_output=True, text=True, check=check)
+
+
+def unit(container, name, prop):
+    return sh(container, "systemctl", "show", "-P", prop, "vllm@%s.service" % name).stdout.strip()
+
+
+def report(case, **figures):
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    data[case] = figures
+    REPORT.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def playbook(name, extra_vars=None):
+    inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
+    if not inventory:
+        pytest.fail("MOLECULE_INVENTORY_FILE is not set: run through molecule verify")
+    env = dict(
+        os.environ,
+        GPUFLEET_REPO_DIR=str(ROOT),
+        ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT),
+        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+    )
+    args = ["ansible-playbook", "-i", inventory, str(ROOT / name)]
+    if extra_vars:
+        args += ["-e", json.dumps(extra_vars)]
+    out = subprocess.run(args, capture_output=True, text=True, env=env, check=False, cwd=str(ROOT / "molecule" / "site"))
+    recap = {h: int(c) for h, c in re.findall(r"^(\S+)\s*: ok=\d+\s+changed=(\d+)", out.stdout, re.M)}
+    return out, recap
+
+
+class Load:
+    """The load generator running inside the gateway host, at a steady rate, until stopped."""
+
+    def __init__(self, rate=2.0, timeout=120):
+        sh(GW, "rm", "-f", "/tmp/load.stop", "/tmp/load.jsonl")
+        args = ["--url", "http://127.0.0.1", "--model", "tiny", "--key", KEY, "--mix", "8:8,24:16", "--rate", str(rate),
+                "--concurrency", "8", "--duration", "1500", "--stop-file", "/tmp/load.stop", "--records", "/tmp/load.jsonl",
+                "--timeout", str(timeout)]  # fmt: skip
+        with LOADGEN.open("rb") as script:
+            self.proc = subprocess.Popen(["podman", "exec", "-i", GW, "python3", "-", *args], stdin=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.summary = None
+        self.records = []
+
+    def stop(self):
+        sh(GW, "touch", "/tmp/load.stop")
+        out, err = self.proc.communicate(timeout=300)
+        assert self.proc.returncode == 0, err.decode()[-2000:]
+        self.summary = json.loads(out)
+        self.records = [json.loads(line) for line in sh(GW, "cat", "/tmp/load.jsonl").stdout.splitlines()]
+        return self
+
+    def failures(self):
+        return [r for r in self.records if r["outcome"] != "ok"]
+
+
+def wait_until(what, predicate, timeout=600, every=3):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    pytest.fail("timed out after %ds waiting until %s" % (timeout, what))
+
+
+def instance_serves(container, port):
+    out = sh(container, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", "-H", "content-type: application/json",
+             "-d", '{"model": "tiny", "prompt": "ping", "max_tokens": 1}', "http://127.0.0.1:%d/v1/completions" % port, check=False)  # fmt: skip
+    return out.stdout == "200"
+
+
+def served_by(container, port):
+    out = sh(container, "curl", "-s", "--max-time", "10", "http://127.0.0.1:%d/metrics" % port, check=False).stdout
+    return sum(float(x) for x in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.]+)", out, re.M))
+
+
+PIDS = {("t-site-gpu1", "0"), ("t-site-gpu1", "1"), ("t-site-gpu2", "main")}
+
+
+def test_rolling_update_under_load_fails_no_request():
+    before = {key: unit(key[0], key[1], "MainPID") for key in PIDS}
+    load = Load()
+    time.sleep(5)
+    out, _recap = playbook("playbooks/rolling_update.yml", ROLLOUT_ENV)
+    time.sleep(5)
+    load.stop()
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    after = {key: unit(key[0], key[1], "MainPID") for key in PIDS}
+    assert all(before[key] != after[key] for key in PIDS), (before, after)
+    for container, name in PIDS:
+        assert "GPUFLEET_ROLLOUT=1" in sh(container, "cat", "/etc/vllm/%s.env" % name).stdout
+    report("rolling_update", requests=len(load.records), failed=len(load.failures()), outcomes=load.summary["outcomes"],
+           ttft_p50_s=load.summary["ttft_p50"], ttft_p99_s=load.summary["ttft_p99"])  # fmt: skip
+    assert len(load.records) >= 20, load.summary
+    assert load.failures() == [], load.failures()[:5]
+    # The gateways' files are back as the gateway role writes them: no server left marked down.
+    for container in ("t-site-gw1", "t-site-gpu1", "t-site-gpu2"):
+        assert " down " not in sh(container, "cat", "/etc/nginx/conf.d/gpufleet.conf").stdout, container
+
+
+def test_rolling_update_again_changes_nothing():
+    out, recap = playbook("playbooks/rolling_update.yml", ROLLOUT_ENV)
+    assert out.returncode == 0, out.stdout[-4000:]
+    assert recap and all(changed == 0 for changed in recap.values()), out.stdout[-4000:]
+    assert "nothing to restart" in out.stdout
+
+
+def test_sigkill_of_a_backend_costs_only_its_requests():
+    pid = unit("t-site-gpu1", "0", "MainPID")
+    restarts = int(unit("t-site-gpu1", "0", "NRestarts"))
+    load = Load()
+    time.sleep(10)
+    # The kill's own moment, taken where it happens (podman exec itself takes seconds on a busy host).
+    killed_at = float(sh("t-site-gpu1", "sh", "-c", "date +%%s.%%N; kill -9 %s" % pid).stdout.split()[0])
+    wait_until("vllm@0 is restarted by systemd", lambda: unit("t-site-gpu1", "0", "MainPID") not in ("0", pid))
+    wait_until("vllm@0 answers again", lambda: instance_serves("t-site-gpu1", 8001))
+    back_at = time.time()
+    # Back in service behind nginx: it takes requests of the load again (its counters restarted at 0).
+    wait_until("vllm@0 serves requests from the gateway", lambda: served_by("t-site-gpu1", 8001) >= 2, timeout=120)
+    load.stop()
+    assert int(unit("t-site-gpu1", "0", "NRestarts")) == restarts + 1
+    # No process of the killed instance is left (KillMode=control-group).
+    assert pid not in sh("t-site-gpu1", "ps", "-eo", "pid=").stdout.split()
+    in_flight = [r for r in load.records if r["start"] <= killed_at < r["end"]]
+    failed = load.failures()
+    report("sigkill_backend", requests=len(load.records), in_flight_at_kill=len(in_flight), failed=len(failed),
+           failed_outcomes=sorted({r["outcome"] for r in failed}), restart_to_serving_s=round(back_at - killed_at, 1))  # fmt: skip
+    # Only requests in flight at the kill may fail; every request started after it succeeds.
+    assert all(r["start"] <= killed_at < r["end"] for r in failed), failed
+    assert len(failed) <= len(in_flight)
+    started_after = [r for r in load.records if r["start"] > killed_at]
+    assert len(started_after) >= 10 and all(r["outcome"] == "ok" for r in started_after)
+
+
+def test_a_unit_that_always_fails_stops_at_its_start_limit():
+    """The unit's own restart policy (Restart=on-failure, RestartSec, StartLimitBurst/IntervalSec) with a program
+    that always fails in place of vLLM (a runtime drop-in replaces ExecStart only)."""
+    host = "t-site-gpu2"
+    sh(host, "sh", "-c", "cp /etc/vllm/main.env /etc/vllm/broken.env && mkdir -p /run/systemd/system/vllm@broken.service.d && "
+       "printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' > /run/systemd/system/vllm@broken.service.d/fail.conf && "
+       "systemctl daemon-reload")  # fmt: skip
+    try:
+        sh(host, "systemctl", "start", "vllm@broken.service", check=False)
+        burst = int(unit(host, "broken", "StartLimitBurst"))
+        wait_until("vllm@broken hits its start limit", lambda: unit(host, "broken", "Result") == "start-limit-hit", timeout=30 + 15 * burst)
+        restarts = int(unit(host, "broken", "NRestarts"))
+        time.sleep(2 * int(unit(host, "broken", "RestartUSec").rstrip("s") or 10) + 5)
+        assert unit(host, "broken", "ActiveState") == "failed"
+        assert int(unit(host, "broken", "NRestarts")) == restarts, "no start after the limit"
+        report("start_limit", start_limit_burst=burst, restarts_before_stop=restarts, result="start-limit-hit")
+        assert restarts == burst - 1
+    finally:
+        sh(host, "sh", "-c", "systemctl reset-failed vllm@broken.service; rm -rf /etc/vllm/broken.env "
+           "/run/systemd/system/vllm@broken.service.d; systemctl daemon-reload", check=False)  # fmt: skip
+
+
+def test_a_whole_server_down_the_fleet_keeps_serving():
+    """t-site-gpu1 is killed like a power loss (no shutdown, no TCP reset). Its in-flight requests fail
+    (here when the client's 20 s timeout ends them); every request started after the kill is served by
+    t-site-gpu2. Must stay the last test: the server stays down."""
+    load = Load(timeout=20)
+    time.sleep(10)
+    killed_at = time.time()
+    subprocess.run(["podman", "kill", "t-site-gpu1"], check=True, capture_output=True)
+    time.sleep(40)
+    load.stop()
+    in_flight = [r for r in load.records if r["start"] <= killed_at < r["end"]]
+    failed = load.failures()
+    started_after = [r for r in load.records if r["start"] > killed_at]
+    slow = [r for r in started_after if r["latency"] > 4]
+    report("server_down", requests=len(load.records), in_flight_at_kill=len(in_flight), failed=len(failed),
+           failed_outcomes=sorted({r["outcome"] for r in failed}), started_after_kill=len(started_after),
+           failed_after_kill=len([r for r in started_after if r["outcome"] != "ok"]), slowed_by_connect_retries=len(slow))  # fmt: skip
+    assert all(r["start"] <= killed_at < r["end"] for r in failed), failed
+    assert len(started_after) >= 30 and all(r["outcome"] == "ok" for r in started_after), [r for r in started_after if r["outcome"] != "ok"][:5]
