@@ -85,7 +85,13 @@ instances:
     unit: {description: The systemd unit., type: str, sample: vllm@0.service}
     active_state: {description: systemd's ActiveState., type: str, sample: active}
     sub_state: {description: systemd's SubState., type: str, sample: running}
-    result: {description: "systemd's Result. A unit stopped by its start limit is V(failed) in RV(instances[].active_state); systemd 252 keeps the result of its last run here (such as V(exit-code)), and its journal says C(Start request repeated too quickly).", type: str, sample: success}
+    result:
+      description:
+        - systemd's Result.
+        - A unit stopped by its start limit is V(failed) in RV(instances[].active_state); systemd 252 keeps the result of its last run
+          here (such as V(exit-code)), and its journal says C(Start request repeated too quickly).
+      type: str
+      sample: success
     main_pid: {description: PID of the server process (0 when none)., type: int, sample: 4242}
     restarts: {description: Automatic restarts since the unit was last started by hand (NRestarts)., type: int, sample: 0}
     started_at: {description: When the running process started (ExecMainStartTimestamp)., type: str}

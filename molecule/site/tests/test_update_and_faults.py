@@ -143,7 +143,7 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
 
 
 def test_a_unit_that_always_fails_stops_at_its_start_limit():
-    """The unit's own restart policy (Restart=on-failure, RestartSec, StartLimitBurst/IntervalSec) with a program
+    """The unit's own restart policy (Restart=always, RestartSec, StartLimitBurst/IntervalSec) with a program
     that always fails in place of vLLM (a runtime drop-in replaces ExecStart only).
 
     systemd 252 (Debian 12) counts the refused restart in NRestarts and keeps Result=exit-code; the journal

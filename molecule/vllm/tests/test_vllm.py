@@ -116,7 +116,7 @@ def test_chat_completions_on_every_instance(host, plan):
 def test_unit_properties(host, plan):
     props = host.service("vllm@%s" % plan["instances"][0]["name"]).systemd_properties
     assert props["KillMode"] == "control-group"
-    assert props["Restart"] == "on-failure"
+    assert props["Restart"] == "always"
     assert props["NoNewPrivileges"] == "yes"
     assert props["ProtectSystem"] == "strict"
     assert props["PrivateTmp"] == "yes"
