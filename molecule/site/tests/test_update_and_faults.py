@@ -42,10 +42,10 @@ def report(case, **figures):
 class Load:
     """The load generator running inside the gateway host, at a steady rate, until stopped."""
 
-    def __init__(self, rate=2.0, timeout=120):
+    def __init__(self, rate=1.0, timeout=120):
         sh(GW, "rm", "-f", "/tmp/load.stop", "/tmp/load.jsonl")
         args = ["--url", "http://127.0.0.1", "--model", "tiny", "--key", KEY, "--mix", "8:8,24:16", "--rate", str(rate),
-                "--concurrency", "8", "--duration", "1500", "--stop-file", "/tmp/load.stop", "--records", "/tmp/load.jsonl",
+                "--concurrency", "8", "--duration", "3600", "--stop-file", "/tmp/load.stop", "--records", "/tmp/load.jsonl",
                 "--timeout", str(timeout)]  # fmt: skip
         with LOADGEN.open("rb") as script:
             self.proc = subprocess.Popen(["podman", "exec", "-i", GW, "python3", "-", *args], stdin=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
