@@ -42,9 +42,9 @@ def report(case, **figures):
 class Load:
     """The load generator running inside the gateway host, at a steady rate, until stopped."""
 
-    def __init__(self, rate=1.0, timeout=120):
+    def __init__(self, rate=1.0, timeout=120, mix="8:8,24:16"):
         sh(GW, "rm", "-f", "/tmp/load.stop", "/tmp/load.jsonl")
-        args = ["--url", "http://127.0.0.1", "--model", "tiny", "--key", KEY, "--mix", "8:8,24:16", "--rate", str(rate),
+        args = ["--url", "http://127.0.0.1", "--model", "tiny", "--key", KEY, "--mix", mix, "--rate", str(rate),
                 "--concurrency", "8", "--duration", "3600", "--stop-file", "/tmp/load.stop", "--records", "/tmp/load.jsonl",
                 "--timeout", str(timeout)]  # fmt: skip
         with LOADGEN.open("rb") as script:
@@ -77,6 +77,11 @@ def instance_serves(container, port):
     out = sh(container, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", "-H", "content-type: application/json",
              "-d", '{"model": "tiny", "prompt": "ping", "max_tokens": 1}', "http://127.0.0.1:%d/v1/completions" % port, check=False)  # fmt: skip
     return out.stdout == "200"
+
+
+def container_running(name):
+    out = subprocess.run(["podman", "inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True, check=False)
+    return out.stdout.strip() != "false"
 
 
 def served_by(container, port):
@@ -118,10 +123,19 @@ def test_rolling_update_again_changes_nothing():
 def test_sigkill_of_a_backend_costs_only_its_requests():
     pid = unit("t-site-gpu1", "0", "MainPID")
     restarts = int(unit("t-site-gpu1", "0", "NRestarts"))
-    load = Load()
+    # Long answers (400 tokens, about 2 s each), so that the kill finds requests in flight on vllm@0.
+    load = Load(mix="8:400")
     time.sleep(10)
-    # The kill's own moment, taken where it happens (podman exec itself takes seconds on a busy host).
-    killed_at = float(sh("t-site-gpu1", "sh", "-c", "date +%%s.%%N; kill -9 %s" % pid).stdout.split()[0])
+    # Kill at a moment vllm@0 itself reports a running request; the kill's moment is taken where it
+    # happens (podman exec itself takes seconds on a busy host).
+    killer = (
+        "for i in $(seq 1200); do"
+        " n=$(curl -s --max-time 2 http://127.0.0.1:8001/metrics | awk '/^vllm:num_requests_running/ {s += $2} END {print int(s)}');"
+        ' [ "${n:-0}" -ge 1 ] && break; sleep 0.1; done;'
+        " date +%%s.%%N; echo $n; kill -9 %s" % pid
+    )
+    killed_at, running_at_kill = sh("t-site-gpu1", "sh", "-c", killer).stdout.split()[:2]
+    killed_at, running_at_kill = float(killed_at), int(running_at_kill)
     wait_until("vllm@0 is restarted by systemd", lambda: unit("t-site-gpu1", "0", "MainPID") not in ("0", pid))
     wait_until("vllm@0 answers again", lambda: instance_serves("t-site-gpu1", 8001))
     back_at = time.time()
@@ -133,8 +147,11 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
     assert pid not in sh("t-site-gpu1", "ps", "-eo", "pid=").stdout.split()
     in_flight = [r for r in load.records if r["start"] <= killed_at < r["end"]]
     failed = load.failures()
-    report("sigkill_backend", requests=len(load.records), in_flight_at_kill=len(in_flight), failed=len(failed),
-           failed_outcomes=sorted({r["outcome"] for r in failed}), restart_to_serving_s=round(back_at - killed_at, 1))  # fmt: skip
+    report("sigkill_backend", requests=len(load.records), in_flight_at_kill=len(in_flight), running_on_vllm0_at_kill=running_at_kill,
+           failed=len(failed), failed_outcomes=sorted({r["outcome"] for r in failed}),
+           restart_to_serving_s=round(back_at - killed_at, 1))  # fmt: skip
+    # The kill found work on the instance: the case is not empty.
+    assert running_at_kill >= 1 and len(in_flight) >= running_at_kill, (running_at_kill, len(in_flight))
     # Only requests in flight at the kill may fail; every request started after it succeeds.
     assert all(r["start"] <= killed_at < r["end"] for r in failed), failed
     assert len(failed) <= len(in_flight)
@@ -188,17 +205,26 @@ def test_a_whole_server_down_the_fleet_keeps_serving():
     t-site-gpu2. Must stay the last test: the server stays down."""
     load = Load(timeout=20)
     time.sleep(10)
-    killed_at = time.time()
+    # The kill lasts from the command's start until the container is seen down: a request that overlaps
+    # that window was in flight on a dying server; one started after it must be served by t-site-gpu2.
+    kill_started = time.time()
     killed = subprocess.run(["podman", "kill", "--signal", "KILL", "t-site-gpu1"], capture_output=True, text=True, check=False)
-    assert killed.returncode == 0, "podman kill: rc %d: %s" % (killed.returncode, killed.stderr)
+    if killed.returncode != 0:
+        # podman sends the signal, then waits a fixed time for conmon's exit file; on a loaded host the
+        # container's many processes can take longer to be reaped, and podman reports that wait as an
+        # error although the kill was delivered. What counts is that the container is down.
+        wait_until("t-site-gpu1 is down after podman kill (rc %d: %s)" % (killed.returncode, killed.stderr.strip()),
+                   lambda: not container_running("t-site-gpu1"), timeout=120, every=1)  # fmt: skip
+    kill_done = time.time()
     time.sleep(40)
     load.stop()
-    in_flight = [r for r in load.records if r["start"] <= killed_at < r["end"]]
+    in_flight = [r for r in load.records if r["start"] <= kill_done and r["end"] > kill_started]
     failed = load.failures()
-    started_after = [r for r in load.records if r["start"] > killed_at]
+    started_after = [r for r in load.records if r["start"] > kill_done]
     slow = [r for r in started_after if r["latency"] > 4]
     report("server_down", requests=len(load.records), in_flight_at_kill=len(in_flight), failed=len(failed),
            failed_outcomes=sorted({r["outcome"] for r in failed}), started_after_kill=len(started_after),
-           failed_after_kill=len([r for r in started_after if r["outcome"] != "ok"]), slowed_by_connect_retries=len(slow))  # fmt: skip
-    assert all(r["start"] <= killed_at < r["end"] for r in failed), failed
+           failed_after_kill=len([r for r in started_after if r["outcome"] != "ok"]), slowed_by_connect_retries=len(slow),
+           kill_took_s=round(kill_done - kill_started, 1), podman_kill_rc=killed.returncode)  # fmt: skip
+    assert all(r in in_flight for r in failed), failed
     assert len(started_after) >= 30 and all(r["outcome"] == "ok" for r in started_after), [r for r in started_after if r["outcome"] != "ok"][:5]
