@@ -42,10 +42,11 @@ def report(case, **figures):
 class Load:
     """The load generator running inside the gateway host, at a steady rate, until stopped."""
 
-    def __init__(self, rate=1.0, timeout=120, mix="8:8,24:16"):
-        sh(GW, "rm", "-f", "/tmp/load.stop", "/tmp/load.jsonl")
+    def __init__(self, rate=1.0, timeout=120, mix="8:8,24:16", name="load"):
+        self.stop_file, self.record_file = "/tmp/%s.stop" % name, "/tmp/%s.jsonl" % name
+        sh(GW, "rm", "-f", self.stop_file, self.record_file)
         args = ["--url", "http://127.0.0.1", "--model", "tiny", "--key", KEY, "--mix", mix, "--rate", str(rate),
-                "--concurrency", "8", "--duration", "3600", "--stop-file", "/tmp/load.stop", "--records", "/tmp/load.jsonl",
+                "--concurrency", "8", "--duration", "3600", "--stop-file", self.stop_file, "--records", self.record_file,
                 "--timeout", str(timeout)]  # fmt: skip
         with LOADGEN.open("rb") as script:
             self.proc = subprocess.Popen(["podman", "exec", "-i", GW, "python3", "-", *args], stdin=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -53,11 +54,11 @@ class Load:
         self.records = []
 
     def stop(self):
-        sh(GW, "touch", "/tmp/load.stop")
+        sh(GW, "touch", self.stop_file)
         out, err = self.proc.communicate(timeout=300)
         assert self.proc.returncode == 0, err.decode()[-2000:]
         self.summary = json.loads(out)
-        self.records = [json.loads(line) for line in sh(GW, "cat", "/tmp/load.jsonl").stdout.splitlines()]
+        self.records = [json.loads(line) for line in sh(GW, "cat", self.record_file).stdout.splitlines()]
         return self
 
     def failures(self):
@@ -123,8 +124,10 @@ def test_rolling_update_again_changes_nothing():
 def test_sigkill_of_a_backend_costs_only_its_requests():
     pid = unit("t-site-gpu1", "0", "MainPID")
     restarts = int(unit("t-site-gpu1", "0", "NRestarts"))
-    # Long answers (400 tokens, about 2 s each), so that the kill finds requests in flight on vllm@0.
-    load = Load(mix="8:400")
+    load = Load()
+    # Alongside the steady load and only until the kill, long answers (400 tokens, seconds each): the
+    # kill then finds a request in flight on vllm@0, without loading the 2-core test fleet all along.
+    long_load = Load(mix="8:400", rate=0.5, name="long")
     time.sleep(10)
     # Kill at a moment vllm@0 itself reports a running request; the kill's moment is taken where it
     # happens (podman exec itself takes seconds on a busy host).
@@ -136,6 +139,7 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
     )
     killed_at, running_at_kill = sh("t-site-gpu1", "sh", "-c", killer).stdout.split()[:2]
     killed_at, running_at_kill = float(killed_at), int(running_at_kill)
+    long_load.stop()
     wait_until("vllm@0 is restarted by systemd", lambda: unit("t-site-gpu1", "0", "MainPID") not in ("0", pid))
     wait_until("vllm@0 answers again", lambda: instance_serves("t-site-gpu1", 8001))
     back_at = time.time()
@@ -145,9 +149,10 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
     assert int(unit("t-site-gpu1", "0", "NRestarts")) == restarts + 1
     # No process of the killed instance is left (KillMode=control-group).
     assert pid not in sh("t-site-gpu1", "ps", "-eo", "pid=").stdout.split()
-    in_flight = [r for r in load.records if r["start"] <= killed_at < r["end"]]
-    failed = load.failures()
-    report("sigkill_backend", requests=len(load.records), in_flight_at_kill=len(in_flight), running_on_vllm0_at_kill=running_at_kill,
+    records = load.records + long_load.records
+    in_flight = [r for r in records if r["start"] <= killed_at < r["end"]]
+    failed = load.failures() + long_load.failures()
+    report("sigkill_backend", requests=len(records), in_flight_at_kill=len(in_flight), running_on_vllm0_at_kill=running_at_kill,
            failed=len(failed), failed_outcomes=sorted({r["outcome"] for r in failed}),
            restart_to_serving_s=round(back_at - killed_at, 1))  # fmt: skip
     # The kill found work on the instance: the case is not empty.
@@ -155,7 +160,7 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
     # Only requests in flight at the kill may fail; every request started after it succeeds.
     assert all(r["start"] <= killed_at < r["end"] for r in failed), failed
     assert len(failed) <= len(in_flight)
-    started_after = [r for r in load.records if r["start"] > killed_at]
+    started_after = [r for r in records if r["start"] > killed_at]
     assert len(started_after) >= 10 and all(r["outcome"] == "ok" for r in started_after)
 
 
