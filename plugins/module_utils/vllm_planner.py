@@ -14,6 +14,7 @@ The rules, and the figures behind them, are explained in docs/planner.md.
 
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import math
@@ -697,15 +698,233 @@ def _instances(topology, groups, tp, *, indices, base_port, links):
     return [{"name": "main", "gpus": cards, "port": base_port, "env": env(cards)}]
 
 
-def plan(**kwargs):
+# ---------------------------------------------------------------------------
+# Measurements: the bake-off's winners beat the estimates above
+# ---------------------------------------------------------------------------
+
+MEASURED_FORMAT = "gpufleet.serving/measured"
+MEASURED_VERSION = 1
+# What a measurement must share with the plan to apply to it: the same model on
+# the same kind of cards (the plan's card words: count, name, memory,
+# interconnect), served in the same precision, context and memory fraction.
+MEASURED_MATCH_KEYS = ("model", "cards", "dtype", "max_model_len", "gpu_memory_utilization")
+MEASURED_TOPOLOGIES = ("dp", "tp", "vllm_dp", "tp_dp")
+# Topologies that give one endpoint per server.
+SINGLE_ENDPOINT_TOPOLOGIES = ("tp", "vllm_dp")
+# The bake-off objective the plan's objective reads.
+MEASURED_OBJECTIVES = {"throughput": "throughput", "latency": "latency"}
+DEFAULT_MEASURED_MAX_AGE_DAYS = 90
+
+
+def load_measured(path):
+    """The parsed measurement file at ``path``; None when there is none yet."""
+    path = os.path.expanduser(str(path))
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise PlanError("measured", "%s is not readable JSON (%s): run playbooks/bakeoff.yml again or remove the file" % (path, exc)) from exc
+    check_measured(data, path)
+    return data
+
+
+def parse_measured_time(text, where="measured_at"):
+    """An ISO 8601 time with a zone (``2026-11-27T05:40:00Z``) as an aware datetime."""
+    if not isinstance(text, str):
+        raise PlanError("measured", "%s must be an ISO 8601 time, not %r" % (where, text))
+    try:
+        value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise PlanError("measured", "%s: %r is not an ISO 8601 time such as 2026-11-27T05:40:00Z" % (where, text)) from None
+    if value.tzinfo is None:
+        raise PlanError("measured", "%s: %r has no time zone; write it in UTC with a trailing Z" % (where, text))
+    return value
+
+
+def check_measured(data, where="measured"):
+    """Check the shape of a measurement file (see docs/bakeoff.md); PlanError names what is wrong."""
+    if not isinstance(data, dict) or data.get("format") != MEASURED_FORMAT:
+        raise PlanError("measured", "%s is not a bake-off measurement file (format %r expected)" % (where, MEASURED_FORMAT))
+    if data.get("version") != MEASURED_VERSION:
+        raise PlanError("measured", "%s has version %r; this planner reads version %d" % (where, data.get("version"), MEASURED_VERSION))
+    entries = data.get("measurements")
+    if not isinstance(entries, list):
+        raise PlanError("measured", "%s: measurements must be a list" % where)
+    for position, entry in enumerate(entries):
+        label = "%s: measurements[%d]" % (where, position)
+        if not isinstance(entry, dict):
+            raise PlanError("measured", "%s is not an object" % label)
+        for key in (*MEASURED_MATCH_KEYS, "host", "measured_at", "winners"):
+            if key not in entry:
+                raise PlanError("measured", "%s has no %r" % (label, key))
+        parse_measured_time(entry["measured_at"], "%s.measured_at" % label)
+        winners = entry["winners"]
+        if not isinstance(winners, dict):
+            raise PlanError("measured", "%s.winners must be an object" % label)
+        for objective, winner in winners.items():
+            if not isinstance(winner, dict) or winner.get("better") not in ("higher", "lower"):
+                raise PlanError("measured", "%s.winners.%s.better must be higher or lower" % (label, objective))
+            ranking = winner.get("ranking")
+            if not isinstance(ranking, list) or not all(
+                isinstance(r, dict) and r.get("topology") in MEASURED_TOPOLOGIES and isinstance(r.get("value"), (int, float)) for r in ranking
+            ):
+                raise PlanError(
+                    "measured",
+                    "%s.winners.%s.ranking must list {topology: one of %s, value: number}" % (label, objective, ", ".join(MEASURED_TOPOLOGIES)),
+                )
+    return data
+
+
+def _fmt_figure(value):
+    return "%.3g" % value if abs(value) < 100 else "%.0f" % value
+
+
+def _measured_words(entry, objective, first, second):
+    unit = entry["winners"][objective].get("unit") or ""
+    where = " at concurrency %s" % first["concurrency"] if first.get("concurrency") else ""
+    versus = " vs %s %s (%s)" % (_fmt_figure(second["value"]), unit, second["topology"]) if second else " %s (the only topology measured)" % unit
+    return "%s won %s, %s%s%s, bake-off of %s on %s" % (
+        first["topology"],
+        objective,
+        _fmt_figure(first["value"]),
+        versus,
+        where,
+        str(entry["measured_at"])[:10],
+        entry["host"],
+    )
+
+
+def measured_choice(data, estimate, *, objective, single_endpoint, gpu_memory_utilization, now, max_age_days, where):
+    """What the measurements say for a plan whose estimate is ``estimate``.
+
+    Returns ``(topology or None, reason)``: the measured winner for the objective
+    (among single-endpoint topologies when one is asked for), or None with the
+    reason the measurements do not apply (another model, other cards, other
+    settings, too old, the objective not measured).
+    """
+    wanted = {
+        "model": estimate["model"],
+        "cards": estimate["cards"],
+        "dtype": estimate["dtype"],
+        "max_model_len": estimate["max_model_len"],
+        "gpu_memory_utilization": gpu_memory_utilization,
+    }
+    entries = data.get("measurements") or []
+    matching = []
+    misses = []
+    for entry in entries:
+        diff = [key for key in MEASURED_MATCH_KEYS if entry.get(key) != wanted[key]]
+        if diff:
+            misses.append(
+                "%s on %s: %s"
+                % (
+                    str(entry.get("measured_at"))[:10],
+                    entry.get("host"),
+                    "; ".join("%s %r, not %r" % (key, entry.get(key), wanted[key]) for key in diff),
+                )
+            )
+        else:
+            matching.append(entry)
+    if not matching:
+        if not entries:
+            return None, "measured: %s holds no bake-off results yet; planned from estimates." % where
+        return None, "measured: none of the %d bake-off result%s in %s is for this model, these cards and settings (%s); planned from estimates." % (
+            len(entries),
+            "" if len(entries) == 1 else "s",
+            where,
+            " | ".join(misses[:3]),
+        )
+    entry = max(matching, key=lambda e: parse_measured_time(e["measured_at"]))
+    age = now - parse_measured_time(entry["measured_at"])
+    if age > datetime.timedelta(days=max_age_days):
+        return None, "measured: the bake-off of %s on %s is %d days old, older than measured_max_age_days %d: planned from estimates; run it again." % (
+            str(entry["measured_at"])[:10],
+            entry["host"],
+            age.days,
+            max_age_days,
+        )
+    key = MEASURED_OBJECTIVES[objective]
+    winner = entry["winners"].get(key)
+    if not winner or not winner.get("ranking"):
+        return None, "measured: the bake-off of %s on %s has no winner for %s; planned from estimates." % (str(entry["measured_at"])[:10], entry["host"], key)
+    ranking = sorted(winner["ranking"], key=lambda r: r["value"], reverse=winner["better"] == "higher")
+    if single_endpoint:
+        ranking = [r for r in ranking if r["topology"] in SINGLE_ENDPOINT_TOPOLOGIES]
+        if not ranking:
+            return None, "measured: single_endpoint is set and the bake-off of %s on %s measured no single-endpoint topology (%s); planned from estimates." % (
+                str(entry["measured_at"])[:10],
+                entry["host"],
+                ", ".join(SINGLE_ENDPOINT_TOPOLOGIES),
+            )
+    first = ranking[0]
+    second = ranking[1] if len(ranking) > 1 else None
+    return first["topology"], "measured: " + _measured_words(entry, key, first, second)
+
+
+def plan(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE_DAYS, now=None, **kwargs):
     """The vllm_plan for one server (see ``_plan`` for the arguments).
+
+    ``measured``: a bake-off measurement file (path, or its parsed content). With
+    ``topology`` auto, a measurement of the same model on the same cards and
+    settings, at most ``measured_max_age_days`` old, decides the topology for the
+    objective instead of the estimates (and the reasons say so); otherwise the
+    reasons say why it was ignored. The plan's ``source`` is ``measured`` or
+    ``estimated``.
 
     Raises PlanError naming the input to change; its ``details`` carry the model
     name and the cards when they were known.
     """
     known = {}
     try:
-        return _plan(known, **kwargs)
+        estimate = _plan(known, **kwargs)
+        estimate["source"] = "estimated"
+        if measured is None or measured == "":
+            return estimate
+        if isinstance(measured_max_age_days, bool) or not isinstance(measured_max_age_days, int) or measured_max_age_days < 1:
+            raise PlanError("measured_max_age_days", "must be a whole number of days, 1 or more, not %r" % (measured_max_age_days,))
+        if isinstance(measured, dict):
+            where = "the measurements given"
+            data = check_measured(measured, where)
+        else:
+            where = str(measured)
+            data = load_measured(measured)
+        if data is None:
+            estimate["reasons"].insert(0, "measured: no bake-off results at %s yet (playbooks/bakeoff.yml writes them); planned from estimates." % where)
+            return estimate
+        if kwargs.get("topology", "auto") != "auto":
+            estimate["reasons"].insert(0, "measured: topology %s is set, so the bake-off results in %s are not used." % (kwargs["topology"], where))
+            return estimate
+        if kwargs.get("tensor_parallel_size") is not None:
+            estimate["reasons"].insert(0, "measured: tensor_parallel_size is set, so the bake-off results in %s are not used." % where)
+            return estimate
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        topology, reason = measured_choice(
+            data,
+            estimate,
+            objective=kwargs.get("objective", "throughput"),
+            single_endpoint=kwargs.get("single_endpoint", False),
+            gpu_memory_utilization=kwargs.get("gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION),
+            now=now,
+            max_age_days=measured_max_age_days,
+            where=where,
+        )
+        if topology is None:
+            estimate["reasons"].insert(0, reason)
+            return estimate
+        if topology == estimate["topology"]:
+            estimate["reasons"].insert(0, reason + "; the estimate agrees.")
+            estimate["source"] = "measured"
+            return estimate
+        try:
+            chosen = _plan({}, **dict(kwargs, topology="tp" if topology == "tp_dp" else topology, forced_by="as measured best"))
+        except PlanError as exc:
+            estimate["reasons"].insert(0, "%s; but %s does not fit the settings of this plan (%s), so the estimate stands." % (reason, topology, exc))
+            return estimate
+        chosen["reasons"].insert(0, "%s; the estimate said %s." % (reason, estimate["topology"]))
+        chosen["source"] = "measured"
+        return chosen
     except PlanError as exc:
         exc.details = dict(known)
         raise
@@ -728,8 +947,12 @@ def _plan(
     tensor_parallel_size=None,
     base_port=DEFAULT_BASE_PORT,
     overhead_gib=DEFAULT_OVERHEAD_GIB,
+    forced_by="as requested",
 ):
-    """The vllm_plan for one server; ``known`` collects model and cards as they are read."""
+    """The vllm_plan for one server; ``known`` collects model and cards as they are read.
+
+    ``forced_by`` says in the reasons why a topology other than auto was used.
+    """
     _check_inputs(
         dtype=dtype,
         max_model_len=max_model_len,
@@ -907,7 +1130,7 @@ def _plan(
             )
         tp = 1
         chosen = "dp"
-        reasons.append("topology dp as requested: one vLLM per card, %d instance%s." % (n, "" if n == 1 else "s"))
+        reasons.append("topology dp %s: one vLLM per card, %d instance%s." % (forced_by, n, "" if n == 1 else "s"))
         if single_endpoint and n > 1:
             warnings.append("single_endpoint is set but topology dp gives %d endpoints: the gateway must front them (or use topology vllm_dp)" % n)
     elif topology == "vllm_dp":
@@ -921,7 +1144,8 @@ def _plan(
             )
         chosen = "vllm_dp"
         reasons.append(
-            "topology vllm_dp as requested: one vLLM with --data-parallel-size %d%s on one port." % (n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
+            "topology vllm_dp %s: one vLLM with --data-parallel-size %d%s on one port."
+            % (forced_by, n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
         )
     elif topology == "tp":
         if n < 2:
@@ -934,7 +1158,7 @@ def _plan(
                 "topology", "no tensor-parallel degree of 2 or more divides the model's %d attention heads on %d cards; use dp" % (spec["attention_heads"], n)
             )
         chosen = "tp" if n // tp == 1 else "tp_dp"
-        reasons.append("topology tp as requested: tensor parallel %d%s." % (tp, "" if n // tp == 1 else ", %d instances to use all cards" % (n // tp)))
+        reasons.append("topology tp %s: tensor parallel %d%s." % (forced_by, tp, "" if n // tp == 1 else ", %d instances to use all cards" % (n // tp)))
     else:
         tp = tensor_parallel_size or tp_min
         if tensor_parallel_size is None and objective == "latency" and n >= 2:

@@ -128,6 +128,20 @@ options:
       - GiB per card reserved beside weights and KV cache for activations, CUDA graphs and NCCL/cuBLAS workspaces.
     type: float
     default: 2.0
+  measured:
+    description:
+      - A bake-off measurement file (written by C(playbooks/bakeoff.yml)) on the host the module runs on.
+      - With O(topology=auto), the newest measurement of the same model on the same cards (count, name, memory,
+        interconnect) with the same dtype, O(max_model_len) and O(gpu_memory_utilization), at most
+        O(measured_max_age_days) old, decides the topology for O(objective) instead of the estimates, and the
+        reasons say so with the figures. Other measurements are ignored, and the reasons say why.
+      - A file that does not exist yet is noted in the reasons; a malformed one fails the plan.
+    type: path
+  measured_max_age_days:
+    description:
+      - Measurements older than this many days are ignored.
+    type: int
+    default: 90
 notes:
   - Supports check mode; the module never changes anything.
   - The rules and the measured figures behind them are explained in the collection's C(docs/planner.md).
@@ -153,6 +167,13 @@ EXAMPLES = r"""
     gpu_count: 2
     model: /srv/models/Llama-3.1-70B-Instruct/config.json
     dtype: fp8
+  delegate_to: localhost
+
+- name: Let the last bake-off on these cards decide
+  gpufleet.serving.vllm_plan:
+    gpus: "{{ ansible_facts['nvidia_gpus'] }}"
+    model: /srv/models/Llama-3.1-8B-Instruct
+    measured: /srv/fleet/bakeoff/measured.json
   delegate_to: localhost
 
 - name: One endpoint, latency first
@@ -287,6 +308,11 @@ ansible_facts:
           type: float
           returned: success
           sample: 0.9
+        source:
+          description: V(measured) when a bake-off measurement chose (or confirmed) the topology, V(estimated) otherwise.
+          type: str
+          returned: success
+          sample: measured
         interconnect:
           description: Weakest link inside a tensor-parallel group (V(nvlink), V(pcie_p2p), V(pcie_no_p2p)); V(null) without tensor parallel.
           type: str
@@ -308,6 +334,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_planner import (
     DEFAULT_BASE_PORT,
     DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_MEASURED_MAX_AGE_DAYS,
     DEFAULT_OVERHEAD_GIB,
     DTYPES,
     OBJECTIVES,
@@ -331,6 +358,8 @@ PLAN_ARGUMENTS = (
     "tensor_parallel_size",
     "base_port",
     "overhead_gib",
+    "measured",
+    "measured_max_age_days",
 )
 
 
@@ -351,6 +380,8 @@ def main():
             tensor_parallel_size=dict(type="int"),
             base_port=dict(type="int", default=DEFAULT_BASE_PORT),
             overhead_gib=dict(type="float", default=DEFAULT_OVERHEAD_GIB),
+            measured=dict(type="path"),
+            measured_max_age_days=dict(type="int", default=DEFAULT_MEASURED_MAX_AGE_DAYS),
         ),
         mutually_exclusive=[("gpus", "gpu_profile")],
         required_together=[("gpu_profile", "gpu_count")],

@@ -555,3 +555,181 @@ def test_nowhere_says_which_smaller_dtype_fits_with_fewer_tokens():
     assert "dtype fp8: weights %.1f GiB, still" % (vp.weight_bytes(spec, "fp8") / GIB) in str(error)
     assert "fits with at most %d tokens of KV cache (tensor parallel 1)" % (room // (2 * 80 * 8 * 128 * 2)) in str(error)
     assert "more cards: 4 of these cards with tensor parallel 4" in str(error)
+
+
+# ---------------------------------------------------------------------------
+# Measurements from the bake-off beat the estimates
+# ---------------------------------------------------------------------------
+
+NOW = vp.parse_measured_time("2026-11-27T12:00:00Z")
+
+
+def measurement(estimate, **changes):
+    """A bake-off result for the same model, cards and settings as ``estimate``: tp beats dp at both objectives."""
+    entry = {
+        "host": "gpu1",
+        "measured_at": "2026-11-27T05:40:00Z",
+        "model": estimate["model"],
+        "cards": estimate["cards"],
+        "dtype": estimate["dtype"],
+        "max_model_len": estimate["max_model_len"],
+        "gpu_memory_utilization": estimate["gpu_memory_utilization"],
+        "winners": {
+            "throughput": {
+                "metric": "output_tokens_per_s",
+                "unit": "tok/s",
+                "better": "higher",
+                "ranking": [{"topology": "tp", "value": 412.0, "concurrency": 64}, {"topology": "dp", "value": 260.0, "concurrency": 64}],
+            },
+            "latency": {
+                "metric": "tpot_p50",
+                "unit": "ms per output token",
+                "better": "lower",
+                "ranking": [{"topology": "vllm_dp", "value": 2.1, "concurrency": 1}, {"topology": "dp", "value": 3.7, "concurrency": 1}],
+            },
+        },
+    }
+    entry.update(changes)
+    return {"format": vp.MEASURED_FORMAT, "version": vp.MEASURED_VERSION, "measurements": [entry]}
+
+
+def test_measured_winner_beats_the_estimate_and_says_so(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    assert (estimate["topology"], estimate["source"]) == ("dp", "estimated")
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=measurement(estimate), now=NOW)
+    assert (result["topology"], result["tensor_parallel_size"], result["source"]) == ("tp", 2, "measured")
+    assert [i["name"] for i in result["instances"]] == ["main"]
+    assert result["reasons"][0] == (
+        "measured: tp won throughput, 412 vs 260 tok/s (dp) at concurrency 64, bake-off of 2026-11-27 on gpu1; the estimate said dp."
+    )
+    assert any(r.startswith("topology tp as measured best") for r in result["reasons"])
+
+
+def test_measured_winner_per_objective(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), objective="latency", measured=measurement(estimate), now=NOW)
+    assert (result["topology"], result["data_parallel_size"]) == ("vllm_dp", 2)
+    assert result["reasons"][0].startswith("measured: vllm_dp won latency, 2.1 vs 3.7 ms per output token (dp) at concurrency 1")
+
+
+def test_measured_winner_that_agrees_with_the_estimate(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    data = measurement(estimate)
+    data["measurements"][0]["winners"]["throughput"]["ranking"][0]["value"] = 100.0
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=data, now=NOW)
+    assert (result["topology"], result["source"]) == ("dp", "measured")
+    assert result["reasons"][0].endswith("on gpu1; the estimate agrees.")
+    assert result["instances"] == estimate["instances"]
+
+
+def test_single_endpoint_takes_the_best_single_endpoint_topology(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), single_endpoint=True)
+    data = measurement(estimate)
+    data["measurements"][0]["winners"]["throughput"]["ranking"] = [
+        {"topology": "dp", "value": 500.0},
+        {"topology": "tp", "value": 300.0},
+        {"topology": "vllm_dp", "value": 450.0},
+    ]
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), single_endpoint=True, measured=data, now=NOW)
+    assert (result["topology"], result["source"]) == ("vllm_dp", "measured")
+    data["measurements"][0]["winners"]["throughput"]["ranking"] = [{"topology": "dp", "value": 500.0}]
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), single_endpoint=True, measured=data, now=NOW)
+    assert result["source"] == "estimated"
+    assert "measured no single-endpoint topology" in result["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"model": "Llama-3.1-70B"}, "model 'Llama-3.1-70B', not 'Llama-3.1-8B'"),
+        ({"cards": "2 x NVIDIA GeForce RTX 4090 (24.0 GiB each, PCIe without P2P)"}, "cards '2 x NVIDIA GeForce RTX 4090"),
+        ({"dtype": "fp8"}, "dtype 'fp8', not 'bfloat16'"),
+        ({"max_model_len": 4096}, "max_model_len 4096, not 131072"),
+        ({"gpu_memory_utilization": 0.8}, "gpu_memory_utilization 0.8, not 0.9"),
+    ],
+)
+def test_mismatched_measurements_are_ignored_with_a_reason(h200x2, changes, words):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=measurement(estimate, **changes), now=NOW)
+    assert (result["topology"], result["source"]) == ("dp", "estimated")
+    assert result["reasons"][0].startswith("measured: none of the 1 bake-off result in the measurements given is for this model")
+    assert words in result["reasons"][0]
+    assert result["reasons"][1:] == estimate["reasons"]
+
+
+def test_stale_measurements_are_ignored_with_a_reason(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    data = measurement(estimate, measured_at="2026-06-01T00:00:00Z")
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=data, now=NOW)
+    assert result["source"] == "estimated" and result["topology"] == "dp"
+    assert "is 179 days old, older than measured_max_age_days 90" in result["reasons"][0]
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=data, measured_max_age_days=200, now=NOW)
+    assert result["topology"] == "tp"
+
+
+def test_the_newest_matching_measurement_wins(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    old = measurement(estimate, measured_at="2026-11-01T00:00:00Z", host="gpu7")
+    new = measurement(estimate)["measurements"][0]
+    new["winners"]["throughput"]["ranking"][1]["value"] = 999.0
+    old["measurements"].append(new)
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=old, now=NOW)
+    assert result["topology"] == "dp" and "on gpu1" in result["reasons"][0]
+
+
+def test_forced_topology_ignores_measurements(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), topology="dp", measured=measurement(estimate), now=NOW)
+    assert result["topology"] == "dp" and result["source"] == "estimated"
+    assert result["reasons"][0] == "measured: topology dp is set, so the bake-off results in the measurements given are not used."
+
+
+def test_measured_winner_that_does_not_fit_keeps_the_estimate(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-70B"))
+    assert estimate["topology"] == "tp"
+    data = measurement(estimate)
+    data["measurements"][0]["winners"]["throughput"]["ranking"] = [{"topology": "dp", "value": 9.0}]
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-70B"), measured=data, now=NOW)
+    assert result["topology"] == "tp" and result["source"] == "estimated"
+    assert "but dp does not fit the settings of this plan (topology: dp puts a whole copy on each card" in result["reasons"][0]
+
+
+def test_measurement_file_on_disk(tmp_path, h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    path = tmp_path / "measured.json"
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=str(path), now=NOW)
+    assert result["reasons"][0] == "measured: no bake-off results at %s yet (playbooks/bakeoff.yml writes them); planned from estimates." % path
+    path.write_text(json.dumps(measurement(estimate)))
+    result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), measured=str(path), now=NOW)
+    assert result["topology"] == "tp" and result["source"] == "measured"
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("{not json", "is not readable JSON"),
+        ('{"format": "other"}', "is not a bake-off measurement file"),
+        ('{"format": "gpufleet.serving/measured", "version": 7, "measurements": []}', "has version 7; this planner reads version 1"),
+        ('{"format": "gpufleet.serving/measured", "version": 1, "measurements": [{"host": "x"}]}', "measurements[0] has no 'model'"),
+    ],
+)
+def test_broken_measurement_files_name_measured(tmp_path, h200x2, content, words):
+    path = tmp_path / "measured.json"
+    path.write_text(content)
+    error = refused(gpus=h200x2, model=model("Llama-3.1-8B"), measured=str(path))
+    assert error.param == "measured" and words in str(error)
+
+
+def test_bad_times_and_rankings_name_measured(h200x2):
+    estimate = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"))
+    error = refused(gpus=h200x2, model=model("Llama-3.1-8B"), measured=measurement(estimate, measured_at="2026-11-27 05:40"))
+    assert error.param == "measured" and "has no time zone" in str(error)
+    data = measurement(estimate)
+    data["measurements"][0]["winners"]["latency"]["ranking"] = [{"topology": "pp", "value": 1}]
+    error = refused(gpus=h200x2, model=model("Llama-3.1-8B"), measured=data)
+    assert error.param == "measured" and "winners.latency.ranking must list" in str(error)
+    data["measurements"][0]["winners"]["latency"] = {"ranking": []}
+    error = refused(gpus=h200x2, model=model("Llama-3.1-8B"), measured=data)
+    assert error.param == "measured" and "winners.latency.better must be higher or lower" in str(error)
+    error = refused(gpus=h200x2, model=model("Llama-3.1-8B"), measured=measurement(estimate), measured_max_age_days=0)
+    assert error.param == "measured_max_age_days"

@@ -107,3 +107,21 @@ def test_documentation_matches_the_argument_spec():
     assert documented["overhead_gib"]["default"] == vllm_planner.DEFAULT_OVERHEAD_GIB
     for key in gpu_catalog.profile_names():
         assert "V(%s)" % key in documented["gpu_profile"]["description"][1]
+
+
+def test_measured_file_decides_through_the_module(capsys, tmp_path, h200x2):
+    estimate = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B})["ansible_facts"]["vllm_plan"]
+    assert estimate["source"] == "estimated"
+    measured = tmp_path / "measured.json"
+    entry = {key: estimate[key] for key in vllm_planner.MEASURED_MATCH_KEYS}
+    entry.update(
+        host="gpu1",
+        measured_at=vllm_planner.datetime.datetime.now(vllm_planner.datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        winners={"throughput": {"unit": "tok/s", "better": "higher", "ranking": [{"topology": "tp", "value": 412}, {"topology": "dp", "value": 260}]}},
+    )
+    measured.write_text(json.dumps({"format": vllm_planner.MEASURED_FORMAT, "version": 1, "measurements": [entry]}))
+    plan = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "measured": str(measured)})["ansible_facts"]["vllm_plan"]
+    assert (plan["topology"], plan["source"]) == ("tp", "measured")
+    assert plan["reasons"][0].startswith("measured: tp won throughput, 412 vs 260 tok/s (dp), bake-off of ")
+    result = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "measured": str(measured), "measured_max_age_days": 0})
+    assert result["failed"] and result["param"] == "measured_max_age_days"
