@@ -1,0 +1,404 @@
+# Copyright (c) 2026, gpufleet.serving contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The bake-off's report: winners per objective, the measurement file, Markdown and plots.
+
+Pure functions over the load generator's summaries (``loadgen.summarize``), one
+per topology and concurrency level, plus the plans that were measured. The
+measurement file is the one ``vllm_planner.plan(measured=...)`` reads; its shape
+is described in docs/bakeoff.md. Only ``draw_plots`` needs matplotlib (on the
+control node); everything else is the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from ansible_collections.gpufleet.serving.plugins.module_utils import vllm_planner
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    HAS_MATPLOTLIB = True
+    MATPLOTLIB_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - depends on the control node
+    HAS_MATPLOTLIB = False
+    MATPLOTLIB_IMPORT_ERROR = _exc
+
+TOPOLOGIES = ("dp", "tp", "vllm_dp")
+BALANCES = ("least_conn", "round_robin")
+# One colour per topology, the same in every plot (and named in the JSON sidecar).
+COLORS = {"dp": "#1f77b4", "tp": "#d62728", "vllm_dp": "#2ca02c", "tp_dp": "#9467bd"}
+SUMMARY_KEYS = (
+    "requests",
+    "ok",
+    "failed",
+    "requests_per_s",
+    "output_tokens_per_s",
+    "ttft_p50",
+    "ttft_p99",
+    "tpot_p50",
+    "tpot_p99",
+    "latency_p50",
+    "latency_p99",
+)
+
+# Each objective: the figure compared, which way is better, and at which
+# concurrency level. "peak" takes each topology's best level.
+OBJECTIVES = {
+    "throughput": {
+        "metric": "output_tokens_per_s",
+        "better": "higher",
+        "level": "peak",
+        "unit": "tok/s",
+        "scale": 1.0,
+        "words": "most output tokens per second, at the best concurrency level of each topology",
+    },
+    "latency": {
+        "metric": "tpot_p50",
+        "better": "lower",
+        "level": "lowest",
+        "unit": "ms per output token",
+        "scale": 1000.0,
+        "words": "lowest median time per output token at the lowest concurrency level (an interactive user alone)",
+    },
+    "ttft": {
+        "metric": "ttft_p99",
+        "better": "lower",
+        "level": "highest",
+        "unit": "ms TTFT p99",
+        "scale": 1000.0,
+        "words": "lowest p99 time to first token at the highest concurrency level (responsiveness under load)",
+    },
+}
+
+PLOTS = (
+    {"file": "throughput.png", "metric": "output_tokens_per_s", "scale": 1.0, "title": "Output throughput vs concurrency", "ylabel": "output tokens/s"},
+    {"file": "ttft_p99.png", "metric": "ttft_p99", "scale": 1000.0, "title": "Time to first token (p99) vs concurrency", "ylabel": "TTFT p99 (ms)"},
+)
+
+
+class BakeoffError(ValueError):
+    """Bad bake-off input; the message starts with the field to fix."""
+
+
+def check_results(results):
+    """Validate the measured runs: [{topology, concurrency, summary}], returns them as rows."""
+    if not isinstance(results, list) or not results:
+        raise BakeoffError("results: no topology was measured (every candidate was refused, or the list is empty)")
+    rows = []
+    seen = set()
+    for position, item in enumerate(results):
+        if not isinstance(item, dict):
+            raise BakeoffError("results[%d]: must be a dict" % position)
+        topology = item.get("topology")
+        concurrency = item.get("concurrency")
+        summary = item.get("summary")
+        if topology not in COLORS:
+            raise BakeoffError("results[%d]: topology %r is not one of %s" % (position, topology, ", ".join(COLORS)))
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise BakeoffError("results[%d]: concurrency must be a positive integer, not %r" % (position, concurrency))
+        if not isinstance(summary, dict) or "ok" not in summary:
+            raise BakeoffError("results[%d]: summary must be the load generator's summary" % position)
+        if (topology, concurrency) in seen:
+            raise BakeoffError("results[%d]: %s at concurrency %d is measured twice" % (position, topology, concurrency))
+        seen.add((topology, concurrency))
+        row = {"topology": topology, "concurrency": concurrency}
+        row.update({key: summary.get(key) for key in SUMMARY_KEYS})
+        rows.append(row)
+    return sorted(rows, key=lambda r: (list(COLORS).index(r["topology"]), r["concurrency"]))
+
+
+def usable(row):
+    """A run counts towards a winner only when every request succeeded."""
+    return bool(row["ok"]) and not row["failed"]
+
+
+def winners(rows):
+    """Per objective: the topologies ranked best first, with the figure and level compared."""
+    levels = sorted({r["concurrency"] for r in rows})
+    out = {}
+    for name, spec in OBJECTIVES.items():
+        ranking = []
+        excluded = []
+        for topology in sorted({r["topology"] for r in rows}, key=list(COLORS).index):
+            own = [r for r in rows if r["topology"] == topology]
+            if spec["level"] == "lowest":
+                candidates = [r for r in own if r["concurrency"] == levels[0]]
+            elif spec["level"] == "highest":
+                candidates = [r for r in own if r["concurrency"] == levels[-1]]
+            else:
+                candidates = own
+            good = [r for r in candidates if usable(r) and r[spec["metric"]] is not None]
+            if not good:
+                excluded.append(topology)
+                continue
+            pick = max if spec["better"] == "higher" else min
+            best = pick(good, key=lambda r, m=spec["metric"]: r[m])
+            ranking.append({"topology": topology, "value": round(best[spec["metric"]] * spec["scale"], 4), "concurrency": best["concurrency"]})
+        ranking.sort(key=lambda r: r["value"], reverse=spec["better"] == "higher")
+        out[name] = {
+            "metric": spec["metric"],
+            "better": spec["better"],
+            "unit": spec["unit"],
+            "level": spec["level"],
+            "words": spec["words"],
+            "ranking": ranking,
+            "winner": ranking[0]["topology"] if ranking else None,
+            # Topologies with failed requests (or none measured at that level) cannot win.
+            "excluded": excluded,
+        }
+    return out
+
+
+def balance_comparison(runs, *, topology, mix, concurrency):
+    """least_conn against round_robin on the same topology and mixed-length load."""
+    if not isinstance(runs, dict) or set(runs) != set(BALANCES):
+        raise BakeoffError("balance: give the summaries of exactly %s" % " and ".join(BALANCES))
+    rows = {}
+    for name in BALANCES:
+        summary = runs[name]
+        if not isinstance(summary, dict) or "ok" not in summary:
+            raise BakeoffError("balance.%s: must be the load generator's summary" % name)
+        rows[name] = {key: summary.get(key) for key in SUMMARY_KEYS}
+
+    def ratio(metric):
+        first, second = rows["least_conn"][metric], rows["round_robin"][metric]
+        return round(first / second, 3) if first is not None and second else None
+
+    return {
+        "topology": topology,
+        "mix": mix,
+        "concurrency": concurrency,
+        "runs": rows,
+        "latency_p99_ratio": ratio("latency_p99"),
+        "ttft_p99_ratio": ratio("ttft_p99"),
+    }
+
+
+def plot_specs(rows):
+    """What each plot shows: one series per topology, its colour and its points (x concurrency)."""
+    specs = []
+    for plot in PLOTS:
+        series = []
+        for topology in sorted({r["topology"] for r in rows}, key=list(COLORS).index):
+            points = [
+                [r["concurrency"], round(r[plot["metric"]] * plot["scale"], 4)]
+                for r in rows
+                if r["topology"] == topology and usable(r) and r[plot["metric"]] is not None
+            ]
+            if points:
+                series.append({"topology": topology, "color": COLORS[topology], "points": points})
+        specs.append(dict(plot, xlabel="concurrency (clients)", series=series))
+    return specs
+
+
+def build_report(*, host, measured_at, plan, rows, plans, settings, balance=None):
+    """The whole report as one dict (also the JSON sidecar next to the Markdown)."""
+    vllm_planner.parse_measured_time(measured_at)
+    return {
+        "host": host,
+        "measured_at": measured_at,
+        "model": plan["model"],
+        "cards": plan["cards"],
+        "dtype": plan["dtype"],
+        "max_model_len": plan["max_model_len"],
+        "gpu_memory_utilization": plan["gpu_memory_utilization"],
+        "settings": settings,
+        "topologies": plans,
+        "results": rows,
+        "winners": winners(rows),
+        "balance": balance,
+        "plots": plot_specs(rows),
+    }
+
+
+def measurement(report):
+    """The entry of the measurement file for this report (what the planner reads)."""
+    keys = ("host", "measured_at", *vllm_planner.MEASURED_MATCH_KEYS, "settings", "results", "winners", "balance")
+    return {key: report[key] for key in keys}
+
+
+def merge_measurements(existing, entry):
+    """The measurement file with ``entry`` in it, replacing an entry of the same host and match keys."""
+    if existing is None:
+        existing = {"format": vllm_planner.MEASURED_FORMAT, "version": vllm_planner.MEASURED_VERSION, "measurements": []}
+    vllm_planner.check_measured(existing)
+    key = [entry[k] for k in ("host", *vllm_planner.MEASURED_MATCH_KEYS)]
+    kept = [e for e in existing["measurements"] if [e.get(k) for k in ("host", *vllm_planner.MEASURED_MATCH_KEYS)] != key]
+    merged = dict(existing, measurements=[*kept, entry])
+    vllm_planner.check_measured(merged)
+    return merged
+
+
+def _ms(value):
+    return "-" if value is None else "%.1f" % (value * 1000.0)
+
+
+def _num(value, fmt="%.2f"):
+    return "-" if value is None else fmt % value
+
+
+def render_markdown(report):
+    """The report as Markdown: settings, the table, winners, the balancer comparison, the plots."""
+    s = report["settings"]
+    lines = [
+        "# Bake-off on %s" % report["host"],
+        "",
+        "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s." % (
+            report["measured_at"],
+            report["model"],
+            report["dtype"],
+            report["max_model_len"],
+            report["cards"],
+            report["gpu_memory_utilization"],
+        ),
+        "Load: request mix `%s` (prompt words:output tokens), %s requests per level after %s warm-up, concurrency %s; "
+        "client on %s against %s (the server tier's nginx in front of the topology)."
+        % (
+            s.get("mix"),
+            s.get("requests_per_level"),
+            s.get("warmup_requests"),
+            ", ".join(str(c) for c in s.get("concurrency", [])),
+            s.get("client"),
+            s.get("url"),
+        ),
+        "",
+        "## Topologies",
+        "",
+    ]
+    for topology, info in report["topologies"].items():
+        if info.get("refused"):
+            lines.append("* `%s`: not measured, the planner refuses it: %s" % (topology, info["refused"]))
+        else:
+            lines.append("* `%s`: %s" % (topology, info.get("words", "")))
+    lines += [
+        "",
+        "## Results",
+        "",
+        "| topology | concurrency | ok / failed | requests/s | output tok/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["results"]:
+        lines.append(
+            "| %s | %d | %s / %s | %s | %s | %s | %s | %s | %s |"
+            % (
+                r["topology"],
+                r["concurrency"],
+                r["ok"],
+                r["failed"],
+                _num(r["requests_per_s"]),
+                _num(r["output_tokens_per_s"], "%.1f"),
+                _ms(r["ttft_p50"]),
+                _ms(r["ttft_p99"]),
+                _ms(r["tpot_p50"]),
+                _ms(r["tpot_p99"]),
+            )
+        )
+    lines += ["", "## Winners", ""]
+    for name, winner in report["winners"].items():
+        if not winner["ranking"]:
+            lines.append("* **%s**: no winner, no topology completed every request at the level compared." % name)
+            continue
+        ranking = ", ".join("%s %s" % (r["topology"], _num(r["value"], "%.4g")) for r in winner["ranking"])
+        lines.append("* **%s**: `%s` (%s; %s %s)" % (name, winner["winner"], winner["words"], ranking, winner["unit"]))
+        if winner["excluded"]:
+            lines.append("  (not ranked, failed requests or not measured at that level: %s)" % ", ".join(winner["excluded"]))
+    balance = report.get("balance")
+    if balance:
+        runs = balance["runs"]
+        lines += [
+            "",
+            "## least_conn vs round_robin",
+            "",
+            "Topology `%s`, mixed-length mix `%s` at concurrency %d, the server tier's upstream switched between the two."
+            % (balance["topology"], balance["mix"], balance["concurrency"]),
+            "",
+            "| balance | ok / failed | requests/s | latency p50 ms | latency p99 ms | TTFT p99 ms |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name in BALANCES:
+            r = runs[name]
+            lines.append(
+                "| %s | %s / %s | %s | %s | %s | %s |"
+                % (name, r["ok"], r["failed"], _num(r["requests_per_s"]), _ms(r["latency_p50"]), _ms(r["latency_p99"]), _ms(r["ttft_p99"]))
+            )
+        lines += [
+            "",
+            "least_conn / round_robin: latency p99 ratio %s, TTFT p99 ratio %s (below 1: least_conn is better)."
+            % (_num(balance["latency_p99_ratio"], "%.3f"), _num(balance["ttft_p99_ratio"], "%.3f")),
+        ]
+    lines += ["", "## Plots", ""]
+    for plot in report["plots"]:
+        names = ", ".join("%s (%s)" % (x["topology"], x["color"]) for x in plot["series"])
+        lines += ["![%s](%s)" % (plot["title"], plot["file"]), "", "Series: %s." % names, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def draw_plots(report, directory, width=8.0, height=5.0, dpi=100):
+    """Write each plot of the report as a PNG in ``directory``; returns the paths."""
+    if not HAS_MATPLOTLIB:
+        raise BakeoffError("matplotlib is not installed on the control node: pip install matplotlib (requirements.txt pins it)")
+    paths = []
+    for plot in report["plots"]:
+        figure = Figure(figsize=(width, height), dpi=dpi)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot(1, 1, 1)
+        for series in plot["series"]:
+            xs = [p[0] for p in series["points"]]
+            ys = [p[1] for p in series["points"]]
+            axes.plot(xs, ys, color=series["color"], marker="o", markersize=7, linewidth=2.5, label=series["topology"])
+        axes.set_xscale("log", base=2)
+        levels = sorted({p[0] for series in plot["series"] for p in series["points"]})
+        axes.set_xticks(levels)
+        axes.set_xticklabels([str(x) for x in levels])
+        axes.set_xlabel(plot["xlabel"])
+        axes.set_ylabel(plot["ylabel"])
+        axes.set_title("%s (%s, %s)" % (plot["title"], report["host"], report["model"]))
+        axes.grid(True, alpha=0.3)
+        if plot["series"]:
+            axes.legend(title="topology")
+        path = os.path.join(directory, plot["file"])
+        figure.savefig(path, format="png")
+        paths.append(path)
+    return paths
+
+
+def write_text(path, text):
+    """Write a file atomically (a temporary file in the same folder, then a rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".bakeoff-")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_report(report, directory, measured_file):
+    """Write report.md, report.json, the plots and the merged measurement file; returns the paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {"markdown": os.path.join(directory, "report.md"), "json": os.path.join(directory, "report.json")}
+    paths["plots"] = draw_plots(report, directory)
+    write_text(paths["markdown"], render_markdown(report))
+    write_text(paths["json"], json.dumps(report, indent=2, sort_keys=True) + "\n")
+    folder = os.path.dirname(os.path.abspath(measured_file))
+    os.makedirs(folder, exist_ok=True)
+    existing = None
+    if os.path.exists(measured_file):
+        try:
+            existing = vllm_planner.load_measured(measured_file)
+        except vllm_planner.PlanError as exc:
+            raise BakeoffError("measured_file: %s" % exc) from exc
+    merged = merge_measurements(existing, measurement(report))
+    write_text(measured_file, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    paths["measured"] = measured_file
+    return paths
