@@ -51,13 +51,13 @@ options:
     required: true
   results:
     description:
-      - One entry per run, C({topology, concurrency, summary}), C(summary) as returned by M(gpufleet.serving.load_generate).
+      - 'One entry per run, C({topology, concurrency, summary}), C(summary) as returned by M(gpufleet.serving.load_generate).'
     type: list
     elements: dict
     required: true
   balance:
     description:
-      - The balancer comparison, C({topology, mix, concurrency, runs: {least_conn: summary, round_robin: summary}}).
+      - 'The balancer comparison: C({topology, mix, concurrency, runs: {least_conn: summary, round_robin: summary}}).'
     type: dict
   settings:
     description:

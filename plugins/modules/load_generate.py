@@ -49,7 +49,7 @@ options:
     required: true
   api_key:
     description:
-      - Sent as C(Authorization: Bearer <key>) when set.
+      - 'Sent as C(Authorization: Bearer <key>) when set.'
     type: str
     default: ""
   mix:
