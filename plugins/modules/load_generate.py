@@ -168,9 +168,9 @@ def main():
         "seed": p["seed"],
     }
     try:
-        loadgen.check_settings(settings)
         if p["count"] < 1:
             raise loadgen.LoadError("count: must be 1 or more")
+        loadgen.check_settings(settings)
     except loadgen.LoadError as exc:
         module.fail_json(msg=str(exc))
     if module.check_mode:
