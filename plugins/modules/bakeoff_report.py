@@ -19,7 +19,7 @@ description:
     data, with the series of each plot), C(throughput.png) and C(ttft_p99.png) into O(report_dir).
   - Adds the result to O(measured_file), the file M(gpufleet.serving.vllm_plan) reads through its C(measured)
     option, replacing an earlier result of the same host, model, cards and settings.
-  - Meant to run on the control node (C(delegate_to: localhost)).
+  - 'Meant to run on the control node (C(delegate_to: localhost)).'
 author: gpufleet.serving contributors (@gpufleet)
 requirements:
   - matplotlib on the host the module runs on (the plots).
