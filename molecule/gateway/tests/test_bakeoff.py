@@ -46,7 +46,7 @@ def playbook(*args, timeout=900):
     cmd = Path(sys.executable).with_name("ansible-playbook")
     if not cmd.exists():
         cmd = shutil.which("ansible-playbook")
-    return subprocess.run([str(cmd), "-i", inventory, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT)
+    return subprocess.run([str(cmd), "-i", inventory, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def podman(name, *argv):
