@@ -41,12 +41,14 @@ EXTRA = {
 }
 
 
-def playbook(*args, timeout=900):
+def playbook(*args, timeout=1800, env=None):
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
     cmd = Path(sys.executable).with_name("ansible-playbook")
     if not cmd.exists():
         cmd = shutil.which("ansible-playbook")
-    return subprocess.run([str(cmd), "-i", inventory, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [str(cmd), "-i", inventory, *args], capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ, **(env or {}))
+    )
 
 
 def podman(name, *argv):
@@ -70,9 +72,12 @@ def bakeoff(tmp_path_factory):
     before = state(SERVER)
     extra = dict(EXTRA, bakeoff_report_dir=str(report_dir))
     started = time.monotonic()
-    run = playbook(str(ROOT / "playbooks" / "bakeoff.yml"), "-e", json.dumps(extra))
+    # Task timings (ansible.posix.profile_tasks) go to the log with the output.
+    run = playbook(str(ROOT / "playbooks" / "bakeoff.yml"), "-e", json.dumps(extra), env={"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"})
     seconds = time.monotonic() - started
-    print("bake-off playbook: %.0f s" % seconds)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "playbook.log").write_text(run.stdout + run.stderr)
+    print("bake-off playbook: %.0f s (log: %s)" % (seconds, report_dir / "playbook.log"))
     return {"run": run, "dir": report_dir / SERVER, "measured": report_dir / "measured.json", "before": before, "seconds": seconds}
 
 
