@@ -145,7 +145,7 @@ def test_measurement_file_for_the_planner(bakeoff):
     data = json.loads(bakeoff["measured"].read_text())
     assert data["format"] == "gpufleet.serving/measured" and data["version"] == 1
     (entry,) = data["measurements"]
-    assert (entry["host"], entry["model"], entry["max_model_len"]) == (SERVER, "tiny", 512)
+    assert (entry["host"], entry["model"], entry["max_model_len"]) == (SERVER, "tiny-model", 512)  # the model directory's name
     assert entry["cards"].startswith("2 x NVIDIA H200")
     for objective in ("throughput", "latency", "ttft"):
         ranking = entry["winners"][objective]["ranking"]
