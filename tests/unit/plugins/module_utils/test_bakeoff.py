@@ -48,8 +48,8 @@ def plan():
     return vp.plan(gpus=gpus, model=str(FIXTURES / "models" / "Llama-3.1-8B"), max_model_len=8192)
 
 
-def report_of(plan, results=RESULTS, balance=None):
-    rows = bakeoff.check_results(results)
+def report_of(plan, balance=None):
+    rows = bakeoff.check_results(RESULTS)
     return bakeoff.build_report(
         host="gpu1",
         measured_at=WHEN,
