@@ -243,6 +243,13 @@ def _num(value, fmt="%.2f"):
     return "-" if value is None else fmt % value
 
 
+def _dtype_words(planned, served):
+    """The weight type the plan was made for, and the one vLLM served when it differs (``--dtype``)."""
+    if not served or served in ("auto", planned):
+        return planned
+    return "planned for %s, served as %s" % (planned, served)
+
+
 def render_markdown(report):
     """The report as Markdown: settings, the table, winners, the balancer comparison, the plots."""
     s = report["settings"]
@@ -252,7 +259,7 @@ def render_markdown(report):
         "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s." % (
             report["measured_at"],
             report["model"],
-            report["dtype"],
+            _dtype_words(report["dtype"], s.get("served_dtype")),
             report["max_model_len"],
             report["cards"],
             report["gpu_memory_utilization"],

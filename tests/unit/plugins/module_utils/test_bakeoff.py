@@ -214,3 +214,13 @@ def test_a_broken_measurement_file_is_not_overwritten(tmp_path, plan):
     with pytest.raises(bakeoff.BakeoffError, match=r"measured_file: measured: .* is not readable JSON"):
         bakeoff.write_report(report_of(plan), str(tmp_path / "r"), str(measured))
     assert measured.read_text() == "{broken"
+
+
+def test_markdown_says_the_served_dtype_when_it_differs_from_the_plan(plan):
+    report = report_of(plan)
+    planned = report["dtype"]
+    assert "(%s, max_model_len" % planned in bakeoff.render_markdown(report)
+    report["settings"] = dict(report["settings"], served_dtype="float32")
+    assert "(planned for %s, served as float32, max_model_len" % planned in bakeoff.render_markdown(report)
+    report["settings"]["served_dtype"] = "auto"
+    assert "(%s, max_model_len" % planned in bakeoff.render_markdown(report)
