@@ -152,16 +152,30 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
     records = load.records + long_load.records
     in_flight = [r for r in records if r["start"] <= killed_at < r["end"]]
     failed = load.failures() + long_load.failures()
+    failed_in_flight = [r for r in failed if r["start"] <= killed_at < r["end"]]
+    # Until nginx marks vllm@0 down, a request it sends there after the kill can still fail once sent (a
+    # POST is not replayed). nginx marks it down after max_fails failed attempts in each worker (no shared
+    # zone); after that, no new request may fail.
+    conf = sh("t-site-gpu1", "cat", "/etc/nginx/conf.d/gpufleet.conf").stdout
+    max_fails = int(re.search(r"127\.0\.0\.1:8001 .*max_fails=(\d+)", conf).group(1))
+    workers = len(sh("t-site-gpu1", "pgrep", "-f", "nginx: worker process").stdout.split())
+    failed_after = [r for r in failed if r["start"] > killed_at]
+    marked_down_at = max([r["end"] for r in failed_after], default=killed_at)
+    started_after_down = [r for r in records if r["start"] > marked_down_at]
     report("sigkill_backend", requests=len(records), in_flight_at_kill=len(in_flight), running_on_vllm0_at_kill=running_at_kill,
-           failed=len(failed), failed_outcomes=sorted({r["outcome"] for r in failed}),
+           failed=len(failed), failed_in_flight=len(failed_in_flight), failed_before_marked_down=len(failed_after),
+           marked_down_after_s=round(marked_down_at - killed_at, 1), nginx_attempts_to_mark_down=max_fails * workers,
+           failed_outcomes=sorted({r["outcome"] for r in failed}), started_after_marked_down=len(started_after_down),
            restart_to_serving_s=round(back_at - killed_at, 1))  # fmt: skip
     # The kill found work on the instance: the case is not empty.
     assert running_at_kill >= 1 and len(in_flight) >= running_at_kill, (running_at_kill, len(in_flight))
-    # Only requests in flight at the kill may fail; every request started after it succeeds.
-    assert all(r["start"] <= killed_at < r["end"] for r in failed), failed
-    assert len(failed) <= len(in_flight)
-    started_after = [r for r in records if r["start"] > killed_at]
-    assert len(started_after) >= 10 and all(r["outcome"] == "ok" for r in started_after)
+    # Nothing failed before the kill; of the requests in flight, at most those fail.
+    assert len(failed_in_flight) + len(failed_after) == len(failed), failed
+    assert len(failed_in_flight) <= len(in_flight)
+    # After the kill, at most the attempts nginx needs to mark vllm@0 down fail ...
+    assert len(failed_after) <= max_fails * workers, failed_after
+    # ... and every request started after that succeeds.
+    assert len(started_after_down) >= 10 and all(r["outcome"] == "ok" for r in started_after_down), started_after_down[:5]
 
 
 def test_a_unit_that_always_fails_stops_at_its_start_limit():
