@@ -2,14 +2,15 @@
 through the fleet gateway, each divided by the same figure measured directly
 against one vLLM backend. A benchmark, not a test.
 
-It runs against a fleet that is up (the molecule `gateway` scenario kept up
-with `molecule converge -s gateway`, or the demo fleet). The client is plain
+It runs against a fleet that is up: the demo fleet (`make demo`, whose host
+names are the defaults), or the molecule `site` scenario kept up with
+`molecule converge -s site`. The client is plain
 Python (http.client) started inside the hosts with `podman exec`: on the GPU
 server for the direct figures (vLLM listens on loopback only), on the gateway
 host for the gateway figures, so both sides use the same client code and the
 same loopback path.
 
-    tests/bench/gateway_bench.py --gateway t-gw1 --backend t-gwgpu1 --key KEY
+    tests/bench/gateway_bench.py --gateway t-site-gw1 --backend t-site-gpu1 --key KEY
 
 The gateway's rate limit caps what goes through it: run against a gateway
 whose gateway_rate_limit is above the rates measured here (the script stops
@@ -19,7 +20,7 @@ machine affects both sides alike.
 
 What the ratio means depends on what the gateway fronts. To measure what the
 two nginx hops cost, point the gateway at the one server measured directly
-(gateway_backends: [{address: t-gwgpu1}]) and give all of its instances with
+(gateway_backends: [{address: t-site-gpu1}]) and give all of its instances with
 --backend-ports 8001,8002: both sides then reach the same engines. Against the
 whole fleet the ratio also holds the other servers' speed (on the 2-core test
 machine every "GPU" is a shared CPU core, so engines slow each other down).
@@ -135,9 +136,9 @@ def measure(container, host, ports, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    p.add_argument("--gateway", default="t-gw1", help="gateway host (container name)")
+    p.add_argument("--gateway", default="gw1", help="gateway host (container name)")
     p.add_argument("--gateway-port", type=int, default=80, help="plain HTTP port of the fleet tier")
-    p.add_argument("--backend", default="t-gwgpu1", help="GPU server (container name) for the direct figures")
+    p.add_argument("--backend", default="gpu1", help="GPU server (container name) for the direct figures")
     p.add_argument("--backend-ports", default="8001", help="ports of vLLM instances on that server, comma-separated; the direct client takes them in turn")
     p.add_argument("--key", default="", help="API key of the gateway")
     p.add_argument("--model", default="tiny")

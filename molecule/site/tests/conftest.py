@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def run_playbook(name, *options, extra_vars=None):
-    """ansible-playbook NAME against molecule's inventory, as molecule's own converge runs it.
+def run_playbook(name, *options, extra_vars=None, env=None, timeout=1800):
+    """ansible-playbook NAME (a path in this repository) against molecule's inventory, as molecule's own converge runs it.
 
     Returns the completed process and the recap's changed count per host."""
     inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
@@ -23,10 +23,11 @@ def run_playbook(name, *options, extra_vars=None):
         GPUFLEET_REPO_DIR=str(ROOT),
         ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT),
         ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+        **(env or {}),
     )
     args = ["ansible-playbook", "-i", inventory, *options, str(ROOT / name)]
     if extra_vars:
         args += ["-e", json.dumps(extra_vars)]
-    out = subprocess.run(args, capture_output=True, text=True, env=env, check=False, cwd=str(ROOT / "molecule" / "site"))
+    out = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=timeout, cwd=str(ROOT / "molecule" / "site"))
     recap = {host: int(changed) for host, changed in re.findall(r"^(\S+)\s*: ok=\d+\s+changed=(\d+)", out.stdout, re.M)}
     return out, recap

@@ -3,7 +3,7 @@
 The role's defaults, vars and templates are read with Ansible's loader and
 rendered with Ansible's Templar, for a small inventory: a fleet gateway, GPU
 servers, and a host in both groups. The preflight asserts are evaluated the
-same way. molecule/gateway proves the rendered files with a real nginx; this
+same way. molecule/site proves the rendered files with a real nginx; this
 covers the variations one scenario cannot (balance modes, TLS, no keys, the
 refusals).
 """

@@ -1,16 +1,16 @@
-"""The bake-off on the gateway scenario's fleet: playbooks/bakeoff.yml measures
-dp and vllm_dp on t-gwgpu1 (real vLLM, CPU build) with a small bounded mix,
+"""The bake-off on the site scenario's fleet: playbooks/bakeoff.yml measures
+dp and vllm_dp on t-site-gpu1 (real vLLM, CPU build) with a small bounded mix,
 writes the report, the plots and the measurement file on the control node, and
-puts t-gwgpu1 back to its `dp` plan; a following plan reads the measurement.
+puts t-site-gpu1 back to its `dp` plan; a following plan reads the measurement.
 
 Two of the three topologies, to keep `make test` within its hour: each one more
 costs a vLLM restart on the 2-core fleet (about 90 s). vllm_dp because nothing
-else starts it on a real host; tp runs on t-gwgpu2 here, in the site scenario and
-in the vllm scenario's side effect. The bake-off code does not depend on which
+else starts it on a real host; tp runs on t-site-gpu2 here and in the vllm
+scenario's side effect. The bake-off code does not depend on which
 topologies it measures; docs/bakeoff-local/ is a run with all three.
 
-This file runs before test_gateway.py (file-name order), whose tests expect the
-converged state: the last test here checks that state is back.
+This file runs first (file-name order): the tests after it expect the converged
+state, and the last test here checks that state is back.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import pytest
+from conftest import run_playbook
 
-ROOT = Path(__file__).resolve().parents[3]
-SERVER, OTHER, GW = "t-gwgpu1", "t-gwgpu2", "t-gw1"
-KEY = "gw-test-key-0123456789"
+SERVER, OTHER, GW = "t-site-gpu1", "t-site-gpu2", "t-site-gw1"
+KEY = "demo-key-0123456789"
 TOPOLOGIES = ["dp", "vllm_dp"]
 LEVELS = [1, 4]
 COLORS = {"dp": "#1f77b4", "tp": "#d62728", "vllm_dp": "#2ca02c"}
@@ -46,16 +45,6 @@ EXTRA = {
     "bakeoff_balance_concurrency": 4,
     "bakeoff_balance_requests": 10,
 }
-
-
-def playbook(*args, timeout=1800, env=None):
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    cmd = Path(sys.executable).with_name("ansible-playbook")
-    if not cmd.exists():
-        cmd = shutil.which("ansible-playbook")
-    return subprocess.run(
-        [str(cmd), "-i", inventory, *args], capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ, **(env or {}))
-    )
 
 
 def podman(name, *argv):
@@ -80,7 +69,7 @@ def bakeoff(tmp_path_factory):
     extra = dict(EXTRA, bakeoff_report_dir=str(report_dir))
     started = time.monotonic()
     # Task timings (ansible.posix.profile_tasks) go to the log with the output.
-    run = playbook(str(ROOT / "playbooks" / "bakeoff.yml"), "-e", json.dumps(extra), env={"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"})
+    run, _recap = run_playbook("playbooks/bakeoff.yml", extra_vars=extra, env={"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks"})
     seconds = time.monotonic() - started
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "playbook.log").write_text(run.stdout + run.stderr)
@@ -163,11 +152,11 @@ def test_measurement_file_for_the_planner(bakeoff):
 def test_a_following_plan_reads_the_measurement(bakeoff):
     entry = json.loads(bakeoff["measured"].read_text())["measurements"][0]
     winner = entry["winners"]["throughput"]["winner"]
-    run = playbook(str(ROOT / "playbooks" / "plan.yml"), "-e", "plan_measured=%s" % bakeoff["measured"])
+    run, _recap = run_playbook("playbooks/plan.yml", extra_vars={"plan_measured": str(bakeoff["measured"])})
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     words = " ".join(run.stdout.split())
     # Both servers have the same (snapshot) cards and model, so the measurement
-    # on t-gwgpu1 applies to t-gwgpu2's kind of server too; t-gwgpu2 forces tp.
+    # on t-site-gpu1 applies to t-site-gpu2's kind of server too; t-site-gpu2 forces tp.
     assert "measured: %s won throughput, " % winner in words, words[-3000:]
     assert "bake-off of %s on %s" % (entry["measured_at"][:10], SERVER) in words
     assert "measured: topology tp is set, so the bake-off results in %s are not used." % bakeoff["measured"] in words
