@@ -17,6 +17,7 @@ only a size (files kept in git, not LFS): the size is then what is checked.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import html
 import json
@@ -171,10 +172,10 @@ def simple_index(manifest, wheels_url):
 # --- models -------------------------------------------------------------------
 
 
-def manifest_from_hub_listing(listing):
+def manifest_from_hub_listing(listing, patterns=None):
     """A model manifest from the Hugging Face API's model info with blobs
     (GET /api/models/<repo>/revision/<rev>?blobs=true): sizes of every file,
-    sha256 of the LFS ones."""
+    sha256 of the LFS ones; only files matching one of patterns when given."""
     siblings = listing.get("siblings")
     if not isinstance(siblings, list) or not siblings:
         raise ArtifactError("the repository listing has no files (siblings); was it fetched with ?blobs=true?")
@@ -183,6 +184,8 @@ def manifest_from_hub_listing(listing):
         name = sibling.get("rfilename")
         if not name:
             raise ArtifactError("a listing entry has no rfilename: %r" % (sibling,))
+        if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
         lfs = sibling.get("lfs") or {}
         size = lfs.get("size", sibling.get("size"))
         if size is None:
@@ -191,6 +194,8 @@ def manifest_from_hub_listing(listing):
         if lfs.get("sha256"):
             entry["sha256"] = lfs["sha256"]
         files[name] = entry
+    if not files:
+        raise ArtifactError("no file of the repository listing matches %s" % ", ".join(patterns or []))
     manifest = {"version": MANIFEST_VERSION, "kind": "model", "files": files}
     if listing.get("id"):
         manifest["repo_id"] = listing["id"]

@@ -48,6 +48,10 @@ options:
       - A Hugging Face model listing (JSON of C(/api/models/<repo>/revision/<revision>?blobs=true)).
       - The manifest is then written from it (sizes, and sha256 of LFS files) and the files are checked against it.
     type: path
+  patterns:
+    description: With O(hub_listing), only the files whose names match one of these shell patterns.
+    type: list
+    elements: str
   hash_files:
     description: Compare sha256 of every file, not only sizes.
     type: bool
@@ -159,6 +163,7 @@ def main():
             create=dict(type="bool", default=False),
             requirements=dict(type="list", elements="str", default=[]),
             hub_listing=dict(type="path"),
+            patterns=dict(type="list", elements="str"),
             hash_files=dict(type="bool", default=True),
             index_dir=dict(type="path"),
             wheels_url=dict(type="str", default="../../wheels/"),
@@ -170,7 +175,7 @@ def main():
     created = False
     try:
         if params["hub_listing"]:
-            manifest = manifest_from_hub_listing(_read_json(params["hub_listing"]))
+            manifest = manifest_from_hub_listing(_read_json(params["hub_listing"]), params["patterns"])
             changed |= _write(module, params["manifest"], json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         elif os.path.isfile(params["manifest"]):
             manifest = _read_json(params["manifest"])

@@ -186,3 +186,13 @@ def test_hub_listing_gives_sizes_and_lfs_hashes(model_dir):
 def test_hub_listing_without_what_is_needed(listing, message):
     with pytest.raises(ac.ArtifactError, match=message):
         ac.manifest_from_hub_listing(listing)
+
+
+def test_hub_listing_keeps_only_the_files_asked_for(model_dir):
+    listing = hub_listing(model_dir)
+    listing["siblings"].append({"rfilename": "original/consolidated.00.pth", "size": 135, "lfs": {"sha256": "00" * 32, "size": 10**10}})
+    manifest = ac.manifest_from_hub_listing(listing, ["*.json", "*.safetensors"])
+    assert "original/consolidated.00.pth" not in manifest["files"]
+    assert len(manifest["files"]) == 4
+    with pytest.raises(ac.ArtifactError, match="no file of the repository listing matches"):
+        ac.manifest_from_hub_listing(listing, ["*.gguf"])
