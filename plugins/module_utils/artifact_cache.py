@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: (c) 2025, gpufleet.serving contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The fleet artifact cache: manifests of wheels and model files, their checks,
@@ -132,7 +131,10 @@ def requirements_lock(manifest):
     Fails when one project has wheels of two versions: pip would have to
     choose, and the fleet must install exactly one set.
     """
-    lines = ["# Every wheel the fleet installs, pinned by version and sha256.", "# Made by gpufleet.serving.artifact_cache from the cache's manifest."]
+    lines = [
+        "# Every wheel the fleet installs, pinned by version and sha256.",
+        "# Made by gpufleet.serving.artifact_cache from the cache's manifest.",
+    ]
     for project, versions in sorted(_wheel_projects(manifest).items()):
         distinct = sorted({v for v, _ in versions})
         if len(distinct) > 1:
@@ -219,7 +221,7 @@ def safetensors_layout(path):
     try:
         tensors = json.loads(header.decode("utf-8"))
     except ValueError as exc:
-        raise ArtifactError("%s: safetensors header is not JSON (%s)" % (path, exc))
+        raise ArtifactError("%s: safetensors header is not JSON (%s)" % (path, exc)) from exc
     data = 0
     end = 0
     for name, info in tensors.items():

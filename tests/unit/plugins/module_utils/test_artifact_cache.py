@@ -7,7 +7,6 @@ import json
 import struct
 
 import pytest
-
 from ansible_collections.gpufleet.serving.plugins.module_utils import artifact_cache as ac
 
 WHEELS = {
@@ -46,7 +45,8 @@ def model_dir(tmp_path):
     (root / "config.json").write_text('{"model_type": "llama"}')
     (root / "model-00001-of-00002.safetensors").write_bytes(safetensors({"a": b"\0" * 16}))
     (root / "model-00002-of-00002.safetensors").write_bytes(safetensors({"b": b"\1" * 8, "c": b"\2" * 8}))
-    index = {"metadata": {"total_size": 32}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors", "c": "model-00002-of-00002.safetensors"}}
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = {"metadata": {"total_size": 32}, "weight_map": {"a": shards[0], "b": shards[1], "c": shards[1]}}
     (root / "model.safetensors.index.json").write_text(json.dumps(index))
     return root
 
@@ -133,7 +133,8 @@ def test_model_layout_of_a_sound_model(model_dir):
 def test_model_layout_finds_a_truncated_shard(model_dir):
     shard = model_dir / "model-00002-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:-3])
-    assert ac.check_model_layout(str(model_dir)) == ["model-00002-of-00002.safetensors: %d bytes, its header describes %d" % (shard.stat().st_size, shard.stat().st_size + 3)]
+    size = shard.stat().st_size
+    assert ac.check_model_layout(str(model_dir)) == ["model-00002-of-00002.safetensors: %d bytes, its header describes %d" % (size, size + 3)]
 
 
 def test_model_layout_finds_a_missing_shard_and_a_wrong_total(model_dir):

