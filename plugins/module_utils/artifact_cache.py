@@ -149,10 +149,8 @@ def requirements_lock(manifest):
 
 def _page(title, links):
     body = "\n".join('    <a href="%s">%s</a><br/>' % (html.escape(href, quote=True), html.escape(text)) for href, text in links)
-    return '<!DOCTYPE html>\n<html>\n  <head><meta name="pypi:repository-version" content="1.0"><title>%s</title></head>\n  <body>\n%s\n  </body>\n</html>\n' % (
-        html.escape(title),
-        body,
-    )
+    head = '<head><meta name="pypi:repository-version" content="1.0"><title>%s</title></head>' % html.escape(title)
+    return "<!DOCTYPE html>\n<html>\n  %s\n  <body>\n%s\n  </body>\n</html>\n" % (head, body)
 
 
 def simple_index(manifest, wheels_url):
