@@ -136,13 +136,13 @@ def requirements_lock(manifest):
         "# Made by gpufleet.serving.artifact_cache from the cache's manifest.",
     ]
     for project, versions in sorted(_wheel_projects(manifest).items()):
-        distinct = sorted({v for v, _ in versions})
+        distinct = sorted({version for version, dummy in versions})
         if len(distinct) > 1:
             raise ArtifactError(
                 "the wheel set holds %s in versions %s (%s): remove the stale wheels so that one version is left"
-                % (project, ", ".join(distinct), ", ".join(f for _, f in versions))
+                % (project, ", ".join(distinct), ", ".join(name for dummy, name in versions))
             )
-        hashes = " ".join("--hash=sha256:%s" % manifest["files"][f]["sha256"] for _, f in versions)
+        hashes = " ".join("--hash=sha256:%s" % manifest["files"][name]["sha256"] for dummy, name in versions)
         lines.append("%s==%s %s" % (project, distinct[0], hashes))
     return "\n".join(lines) + "\n"
 
@@ -164,7 +164,7 @@ def simple_index(manifest, wheels_url):
     projects = _wheel_projects(manifest)
     pages = {"index.html": _page("Simple index", [(p + "/", p) for p in sorted(projects)])}
     for project, versions in projects.items():
-        links = [("%s%s#sha256=%s" % (wheels_url, f, manifest["files"][f]["sha256"]), f) for _, f in versions]
+        links = [("%s%s#sha256=%s" % (wheels_url, name, manifest["files"][name]["sha256"]), name) for dummy, name in versions]
         pages["%s/index.html" % project] = _page("Links for %s" % project, links)
     return pages
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Bulk provisioning benchmark (not a test): what the artifact cache saves.
 
 For each fleet size N (default 1, 2 and 4 GPU servers), from an empty state
@@ -17,7 +16,7 @@ It prints, measured in one run:
 * wall time of site.yml for N servers / for one;
 * wall time of the no-change re-run.
 
-    tests/bench/provision_bench.py [--sizes 1 2 4] [--keep]
+    .venv/bin/python tests/bench/provision_bench.py [--sizes 1 2 4] [--keep]
 
 Needs `make deps fleet-image wheelhouse tiny-model`; run from the repository
 root with CONTAINERS_CONF exported (tests/fleet/fleet.sh env). Every host it
@@ -75,7 +74,8 @@ def start_fleet(n):
     for name in gpus:
         podman(*common, "--name", name, "--hostname", name, "--network", INT, IMAGE)
     for name in [CACHE, *gpus]:
-        for _ in range(60):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             state = sh("podman", "exec", name, "systemctl", "is-system-running", check=False).stdout.strip()
             if state in ("running", "degraded"):
                 break
@@ -167,7 +167,7 @@ def measure(n, logdir):
     with tempfile.TemporaryDirectory(prefix="gpufleet-bench-") as tmp:
         inv = inventory(tmp, gpus)
         rx0 = outer_rx_bytes()
-        wall, _ = site(inv, logdir / ("site-%d.log" % n))
+        wall = site(inv, logdir / ("site-%d.log" % n))[0]
         outside = outer_rx_bytes() - rx0 + copied_bytes()
         rerun, changed = site(inv, logdir / ("rerun-%d.log" % n))
     print("  N=%d: site.yml %.0f s, %.1f MB from outside, re-run %.0f s with %d changed" % (n, wall, outside / 1e6, rerun, changed), flush=True)
@@ -175,7 +175,7 @@ def measure(n, logdir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--keep", action="store_true", help="leave the last fleet running")
     parser.add_argument("--logs", default=str(ROOT / ".cache/bench"), help="where site.yml's output goes")
