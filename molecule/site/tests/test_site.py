@@ -65,3 +65,31 @@ def test_check_mode_reports_no_change():
     out, recap = run_playbook("site.yml", "--check", "--diff")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert recap and all(changed == 0 for changed in recap.values()), out.stdout[-3000:]
+
+
+def upstream_servers(host):
+    """The GPU servers named in the fleet gateway's upstream (the comment after each server line)."""
+    text = host.file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    return sorted(set(re.findall(r"^\s*server \S+:8000 [^;]*;\s*# (\S+)", text, re.M)))
+
+
+def test_add_servers_puts_a_new_server_behind_the_gateway(host):
+    # The gateway as it was before t-site-gpu2 joined: only t-site-gpu1 behind it.
+    out, _recap = run_playbook("molecule/site/gateway.yml", "--limit", "t-site-gw1", extra_vars={"gateway_backends": [{"address": "t-site-gpu1"}]})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert upstream_servers(host) == ["t-site-gpu1"]
+    # A limit without the gateways is refused before anything runs, and says what is missing.
+    out, recap = run_playbook("playbooks/add_servers.yml", "--limit", "t-site-gpu2")
+    words = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0 and "Left out: t-site-gw1." in words, words[-2000:]
+    assert "PLAY [Plan every GPU server" not in out.stdout
+    # The operator's command: site.yml for the new server, every gateway rewritten over all servers.
+    out, recap = run_playbook("playbooks/add_servers.yml", "--limit", "t-site-gpu2,gateways")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert set(recap) == {"t-site-gpu2", "t-site-gw1"}, recap  # t-site-gpu1 is not touched
+    assert recap["t-site-gpu2"] == 0 and recap["t-site-gw1"] >= 1, recap
+    assert upstream_servers(host) == ["t-site-gpu1", "t-site-gpu2"]
+    assert host.run("nginx -t").rc == 0
+    for _i in range(6):
+        status, body = call(host, "/v1/completions", {"model": "tiny", "prompt": "joined", "max_tokens": 2})
+        assert status == 200, body
