@@ -5,8 +5,8 @@ puts t-site-gpu1 back to its `dp` plan; a following plan reads the measurement.
 
 Two of the three topologies, to keep `make test` within its hour: each one more
 costs a vLLM restart on the 2-core fleet (about 90 s). vllm_dp because nothing
-else starts it on a real host; tp runs on t-site-gpu2 here and in the vllm
-scenario's side effect. The bake-off code does not depend on which
+else starts it on a real host; tp runs on t-site-gpu2 here and on t-vllm2 in
+the vllm scenario. The bake-off code does not depend on which
 topologies it measures; docs/bakeoff-local/ is a run with all three.
 
 This file runs first (file-name order): the tests after it expect the converged

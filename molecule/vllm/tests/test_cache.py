@@ -1,8 +1,7 @@
 """Hosts without internet access installed vLLM from the fleet's cache, serve,
 and check what they fetch; a failing host stops site.yml after its batch.
 
-Runs after the converge and again after the side effect (t-vllm1 then runs `tp`):
-nothing here depends on the topology."""
+t-vllm1 runs `dp` and t-vllm2 `tp`: nothing here depends on the topology."""
 
 import json
 import os

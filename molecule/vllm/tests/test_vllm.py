@@ -1,7 +1,8 @@
 """The vllm role on a real host: real vLLM (CPU build) under systemd.
 
-The same tests run after the `dp` converge and after the switch to `tp`; they
-read the plan the host realises from /etc/vllm/plan.json.
+The same tests run on t-vllm1 (`dp`, two instances) and t-vllm2 (`tp`, one
+instance over both "cards"); they read the plan each host realises from
+/etc/vllm/plan.json.
 """
 
 import json
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-testinfra_hosts = ["podman://t-vllm1"]
+testinfra_hosts = ["podman://t-vllm1", "podman://t-vllm2"]
 MODEL = "tiny"
 
 
@@ -42,7 +43,8 @@ def wait_ready(host, port, timeout=240):
     raise AssertionError("instance on port %s not ready after %ss" % (port, timeout))
 
 
-def test_plan_shape(plan):
+def test_plan_shape(host, plan):
+    assert plan["topology"] == {"t-vllm1": "dp", "t-vllm2": "tp"}[host.backend.get_hostname()]
     if plan["topology"] == "dp":
         assert [i["gpus"] for i in plan["instances"]] == [[0], [1]]
         assert [i["port"] for i in plan["instances"]] == [8001, 8002]
