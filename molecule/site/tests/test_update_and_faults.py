@@ -90,6 +90,12 @@ def served_by(container, port):
     return sum(float(x) for x in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.]+)", out, re.M))
 
 
+def unit_processes(container, unit_name):
+    """The PIDs (as text) of every process in a unit's control group."""
+    lines = sh(container, "ps", "-eo", "pid=,unit=").stdout.splitlines()
+    return {line.split()[0] for line in lines if line.split()[1:] == [unit_name]}
+
+
 PIDS = {("t-site-gpu1", "0"), ("t-site-gpu1", "1"), ("t-site-gpu2", "main")}
 
 
@@ -124,6 +130,9 @@ def test_rolling_update_again_changes_nothing():
 def test_sigkill_of_a_backend_costs_only_its_requests():
     pid = unit("t-site-gpu1", "0", "MainPID")
     restarts = int(unit("t-site-gpu1", "0", "NRestarts"))
+    # Every process of the instance (the API server and its engine core below it).
+    group = unit_processes("t-site-gpu1", "vllm@0.service")
+    assert pid in group and len(group) > 1, group
     load = Load()
     # Alongside the steady load and only until the kill, long answers (400 tokens, seconds each): the
     # kill then finds a request in flight on vllm@0, without loading the 2-core test fleet all along.
@@ -147,8 +156,8 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
     wait_until("vllm@0 serves requests from the gateway", lambda: served_by("t-site-gpu1", 8001) >= 2, timeout=120)
     load.stop()
     assert int(unit("t-site-gpu1", "0", "NRestarts")) == restarts + 1
-    # No process of the killed instance is left (KillMode=control-group).
-    assert pid not in sh("t-site-gpu1", "ps", "-eo", "pid=").stdout.split()
+    # No process of the killed instance is left (KillMode=control-group): not the engine core either.
+    assert group.isdisjoint(sh("t-site-gpu1", "ps", "-eo", "pid=").stdout.split()), group
     records = load.records + long_load.records
     in_flight = [r for r in records if r["start"] <= killed_at < r["end"]]
     failed = load.failures() + long_load.failures()

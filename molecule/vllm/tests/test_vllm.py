@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+import testinfra
 
 testinfra_hosts = ["podman://t-vllm1", "podman://t-vllm2"]
 MODEL = "tiny"
@@ -135,7 +136,12 @@ def test_security_exposure_at_most_3(host, plan):
     assert score <= 3.0, last
 
 
-def test_sigkill_leaves_no_orphans_and_unit_recovers(host, plan):
+def test_sigkill_of_the_tp_instance_leaves_no_orphans_and_unit_recovers():
+    """On t-vllm2 (`tp`), where the API server has an engine core and a worker per card below it. A `dp`
+    instance is SIGKILLed under load in the site scenario, with the same no-orphan check."""
+    host = testinfra.get_host("podman://t-vllm2")
+    plan = json.loads(host.file("/etc/vllm/plan.json").content_string)
+    assert plan["topology"] == "tp"
     inst = plan["instances"][0]
     unit = "vllm@%s.service" % inst["name"]
     main_pid = int(host.run("systemctl show -p MainPID --value %s", unit).stdout)
