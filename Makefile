@@ -105,12 +105,16 @@ sanity: venv apt
 
 lint: ruff ansible-lint sanity
 
-molecule: deps fleet-image vllm-image tiny-model
-	@for s in $(MOLECULE_SCENARIOS); do \
+# `molecule test` of each scenario named, in order, stopping at the first that
+# fails; the images and caches must exist (the targets below build them first).
+run_scenarios = for s in $(1); do \
 	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
 	  $(BIN)/molecule test -s $$s || exit 1; \
 	  echo "=== molecule $$s passed in $$(( $$(date +%s) - start ))s"; \
 	done
+
+molecule: deps fleet-image vllm-image tiny-model
+	@$(call run_scenarios,$(MOLECULE_SCENARIOS))
 
 # Everything. After the unit tests and ruff (seconds), two lanes at once: the
 # site scenario, whose output streams here, and beside it the vllm scenario,
@@ -121,10 +125,10 @@ molecule: deps fleet-image vllm-image tiny-model
 test: unit ruff deps fleet-image vllm-image tiny-model wheelhouse
 	@mkdir -p $(CACHE)/logs; start=$$(date +%s); log=$(CACHE)/logs/test-beside.log; \
 	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), ansible-lint, sanity, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
-	( $(MAKE) --no-print-directory molecule MOLECULE_SCENARIOS="$(MOLECULE_BESIDE_SCENARIOS)" && \
+	( ( $(call run_scenarios,$(MOLECULE_BESIDE_SCENARIOS)) ) && \
 	  $(MAKE) --no-print-directory ansible-lint sanity && \
-	  $(MAKE) --no-print-directory molecule MOLECULE_SCENARIOS="$(MOLECULE_LIGHT_SCENARIOS)" ) >$$log 2>&1 & beside=$$!; \
-	main=0; $(MAKE) --no-print-directory molecule MOLECULE_SCENARIOS="$(MOLECULE_MAIN_SCENARIOS)" || main=$$?; \
+	  ( $(call run_scenarios,$(MOLECULE_LIGHT_SCENARIOS)) ) ) >$$log 2>&1 & beside=$$!; \
+	main=0; ( $(call run_scenarios,$(MOLECULE_MAIN_SCENARIOS)) ) || main=$$?; \
 	other=0; wait $$beside || other=$$?; \
 	echo "=== the lane beside the site scenario ($$log):"; cat $$log; \
 	echo "=== make test: site lane rc=$$main, beside lane rc=$$other, $$(( $$(date +%s) - start ))s after the unit tests"; \
