@@ -22,16 +22,22 @@ import os
 import struct
 import textwrap
 
-from ansible_collections.gpufleet.serving.plugins.module_utils import gpu_catalog
+from ansible_collections.gpufleet.serving.plugins.module_utils import gpu_catalog, vllm_launch
+from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import default_max_num_seqs
 
 GIB = 1024**3
 
-DTYPES = ("auto", "bfloat16", "float16", "fp8", "int4")
+DTYPES = ("auto", "bfloat16", "float16", "float32", "fp8", "int4")
+DEVICES = ("cuda", "cpu")
 OBJECTIVES = ("throughput", "latency")
 TOPOLOGIES = ("auto", "dp", "tp", "vllm_dp")
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_BASE_PORT = 8001
+# Where the vllm role stages a model by default (its vllm_home is /var/lib/vllm).
+DEFAULT_MODEL_ROOT = "/var/lib/vllm/models"
+# CPU build: GiB of KV cache each worker allocates (VLLM_CPU_KVCACHE_SPACE).
+DEFAULT_CPU_KVCACHE_SPACE_GIB = 1
 # Per card, outside weights and KV cache: the activation peak of a prefill chunk,
 # CUDA graphs, and the memory torch does not allocate (NCCL and cuBLAS workspaces).
 # About 1 GiB of activations for an 8B model at vLLM's default 8192 batched tokens,
@@ -40,13 +46,23 @@ DEFAULT_OVERHEAD_GIB = 2.0
 
 # Bytes per parameter of the linear layers. int4 (AWQ/GPTQ) adds one fp16 scale and
 # one 4-bit zero point per group of 128 weights: (16 + 4) / 128 bits per weight.
-LINEAR_BYTES = {"bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "int4": 0.5 + 20.0 / 8 / 128}
+LINEAR_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "fp8": 1.0, "int4": 0.5 + 20.0 / 8 / 128}
 # Embeddings, LM head, norms, biases and MoE routers stay 16-bit under vLLM's fp8
 # (it quantizes Linear layers) and in AWQ/GPTQ checkpoints.
 OTHER_BYTES = 2.0
 # vLLM's default kv_cache_dtype "auto" stores the cache in the activation dtype,
-# which is 16-bit for all four weight dtypes above.
+# which is 16-bit for every weight dtype above but float32 (the CPU build's).
 KV_BYTES = 2
+
+
+def other_bytes(dtype):
+    """Bytes per parameter outside the linear layers (4 when the whole model is float32)."""
+    return 4.0 if dtype == "float32" else OTHER_BYTES
+
+
+def kv_bytes_for(dtype):
+    """Bytes per KV-cache element under kv_cache_dtype auto (the activation dtype)."""
+    return 4 if dtype == "float32" else KV_BYTES
 
 # Measured on two NVLinked H200s (MISSION.md): the linear layers of an 8B Llama in
 # bf16 (13.96 GB) take 3.70 ms per decode step on one card and 2.14 ms per card
@@ -280,14 +296,17 @@ def describe_model(config, where="config.json"):
     }
 
 
-def kv_bytes_per_token(spec, tp=1, kv_bytes=KV_BYTES):
+def kv_bytes_per_token(spec, tp=1, kv_bytes=None):
     """KV-cache bytes one token takes on one card of a ``tp``-way instance.
 
     Standard attention: 2 (K and V) x layers x KV heads x head size x bytes; TP splits
     the KV heads (a head is replicated when there are fewer heads than ranks).
     MLA caches one latent vector (kv_lora_rank) plus the RoPE key (qk_rope_head_dim)
     per layer, and vLLM keeps the whole latent on every TP rank.
+    ``kv_bytes`` defaults to the spec's own (``kv_bytes``, set for float32) or 2.
     """
+    if kv_bytes is None:
+        kv_bytes = spec.get("kv_bytes", KV_BYTES)
     if spec["mla"]:
         return spec["layers"] * (spec["mla"]["kv_lora_rank"] + spec["mla"]["qk_rope_head_dim"]) * kv_bytes
     heads_per_card = max(1, -(-spec["kv_heads"] // tp))
@@ -430,11 +449,11 @@ def resolve_dtype(requested, stored):
 
 def weight_bytes(spec, dtype):
     """Weight bytes computed from the parameter counts for a dtype."""
-    return math.ceil(spec["params_linear"] * LINEAR_BYTES[dtype] + spec["params_other"] * OTHER_BYTES)
+    return math.ceil(spec["params_linear"] * LINEAR_BYTES[dtype] + spec["params_other"] * other_bytes(dtype))
 
 
 def _decode_bytes(spec, dtype):
-    return spec["params_decode_linear"] * LINEAR_BYTES[dtype] + spec["params_decode_other"] * OTHER_BYTES
+    return spec["params_decode_linear"] * LINEAR_BYTES[dtype] + spec["params_decode_other"] * other_bytes(dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -582,14 +601,14 @@ def _kv_words(spec):
             spec["layers"],
             mla["kv_lora_rank"],
             mla["qk_rope_head_dim"],
-            KV_BYTES,
+            spec.get("kv_bytes", KV_BYTES),
             kv_bytes_per_token(spec),
         )
     return "2 x %d layers x %d KV heads x %d head size x %d bytes = %d bytes per token" % (
         spec["layers"],
         spec["kv_heads"],
         spec["head_dim"],
-        KV_BYTES,
+        spec.get("kv_bytes", KV_BYTES),
         kv_bytes_per_token(spec),
     )
 
@@ -863,7 +882,31 @@ def measured_choice(data, estimate, *, objective, single_endpoint, gpu_memory_ut
     return first["topology"], "measured: " + _measured_words(entry, key, first, second)
 
 
-def plan(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE_DAYS, now=None, **kwargs):
+def plan(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE_DAYS, now=None, launch=None, launch_prefix="", **kwargs):
+    """The vllm_plan for one server, with each instance's launch (``vllm_launch.build_launch``).
+
+    ``launch``: the launch settings (``vllm_launch.DEFAULT_SETTINGS``); an empty
+    ``served_model_name`` takes the model's name and an empty ``model_path``
+    ``/var/lib/vllm/models/<served_model_name>``. ``launch_prefix`` prefixes the
+    setting names in the messages of refused launch settings (the plan role's
+    ``plan_``). See ``_plan_topology`` for the rest.
+    """
+    result = _plan_topology(measured=measured, measured_max_age_days=measured_max_age_days, now=now, **kwargs)
+    settings = dict(launch or {})
+    if not settings.get("served_model_name"):
+        settings["served_model_name"] = result["model"]
+    if not settings.get("model_path"):
+        settings["model_path"] = DEFAULT_MODEL_ROOT + "/" + settings["served_model_name"]
+    try:
+        return vllm_launch.build_launch(result, settings, prefix=launch_prefix)
+    except vllm_launch.LaunchError as exc:
+        error = PlanError(exc.param, str(exc))
+        error.args = (str(exc),)  # the launch's message already names the setting
+        error.details = {"model": result["model"], "cards": result["cards"]}
+        raise error from exc
+
+
+def _plan_topology(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE_DAYS, now=None, **kwargs):
     """The vllm_plan for one server (see ``_plan`` for the arguments).
 
     ``measured``: a bake-off measurement file (path, or its parsed content). With
@@ -947,12 +990,18 @@ def _plan(
     tensor_parallel_size=None,
     base_port=DEFAULT_BASE_PORT,
     overhead_gib=DEFAULT_OVERHEAD_GIB,
+    device="cuda",
+    cpu_kvcache_space_gib=DEFAULT_CPU_KVCACHE_SPACE_GIB,
+    max_num_seqs=0,
     forced_by="as requested",
 ):
     """The vllm_plan for one server; ``known`` collects model and cards as they are read.
 
     ``forced_by`` says in the reasons why a topology other than auto was used.
+    ``device`` cpu plans vLLM's CPU build standing in for the cards: the topology
+    is the cards', the KV cache is ``cpu_kvcache_space_gib`` per worker.
     """
+    _check_serving_inputs(device=device, cpu_kvcache_space_gib=cpu_kvcache_space_gib, max_num_seqs=max_num_seqs, concurrency=concurrency)
     _check_inputs(
         dtype=dtype,
         max_model_len=max_model_len,
@@ -991,6 +1040,7 @@ def _plan(
     if checkpoint and checkpoint["dtype"]:
         stored = checkpoint["dtype"]
     resolved, dtype_note = resolve_dtype(dtype, stored)
+    spec = dict(spec, kv_bytes=kv_bytes_for(resolved))
     params = checkpoint["params"] if checkpoint and checkpoint["params"] and stored != "float32" else spec["params"]
     if checkpoint and (resolved == stored or {resolved, stored} == {"bfloat16", "float16"}):
         weights = checkpoint["bytes"]
@@ -1066,8 +1116,8 @@ def _plan(
         "%s: %.2f B parameters; %s; %s weights take %s (%s)." % (_model_words(name, spec), params / 1e9, dtype_note, resolved, gib(weights), weights_source)
     )
     reasons.append(
-        "KV cache (16-bit, vLLM's kv_cache_dtype auto): %s; %d tokens x %d sequence%s = %d tokens need %s per instance."
-        % (_kv_words(spec), max_model_len, concurrency, "" if concurrency == 1 else "s", tokens, gib(kv_bytes_per_token(spec) * tokens))
+        "KV cache (%d-bit, vLLM's kv_cache_dtype auto): %s; %d tokens x %d sequence%s = %d tokens need %s per instance."
+        % (8 * spec["kv_bytes"], _kv_words(spec), max_model_len, concurrency, "" if concurrency == 1 else "s", tokens, gib(kv_bytes_per_token(spec) * tokens))
     )
 
     ctx = {
@@ -1220,10 +1270,13 @@ def _plan(
                 % (", ".join(str(i) for i in used), ALLREDUCE_US["pcie_no_p2p"], ALLREDUCES_PER_LAYER * spec["layers"])
             )
     chosen_fit = fits[tp]
-    max_concurrency = round(chosen_fit["kv_tokens"] / float(max_model_len), 2)
+    kv_tokens = chosen_fit["kv_tokens"]
+    if device == "cpu":
+        kv_tokens = _cpu_kv_tokens(spec, tp, cpu_kvcache_space_gib, tokens=tokens, max_model_len=max_model_len, concurrency=concurrency, reasons=reasons)
+    max_concurrency = round(kv_tokens / float(max_model_len), 2)
     reasons.append(
         "Each instance holds %d tokens of KV cache: %.2fx sequences of %d tokens at once (asked: %d)."
-        % (chosen_fit["kv_tokens"], max_concurrency, max_model_len, concurrency)
+        % (kv_tokens, max_concurrency, max_model_len, concurrency)
     )
     data_parallel = 1 if chosen == "tp" else groups
     return {
@@ -1236,7 +1289,7 @@ def _plan(
             "weights_bytes": weights,
             "weights_bytes_per_gpu": chosen_fit["weights_card"],
             "kv_bytes_per_token": kv_bytes_per_token(spec),
-            "kv_tokens_per_instance": chosen_fit["kv_tokens"],
+            "kv_tokens_per_instance": kv_tokens,
             "max_concurrency": max_concurrency,
         },
         "reasons": reasons,
@@ -1247,7 +1300,49 @@ def _plan(
         "max_model_len": max_model_len,
         "gpu_memory_utilization": gpu_memory_utilization,
         "interconnect": interconnect,
+        "device": device,
+        "max_num_seqs": max_num_seqs or default_max_num_seqs(concurrency),
+        "quantized_checkpoint": stored in ("fp8", "int4"),
+        **({"cpu_kvcache_space_gib": cpu_kvcache_space_gib} if device == "cpu" else {}),
     }
+
+
+def _check_serving_inputs(*, device, cpu_kvcache_space_gib, max_num_seqs, concurrency):
+    if device not in DEVICES:
+        raise PlanError("device", "%r is not a vLLM build; use cuda or cpu" % (device,))
+    if isinstance(cpu_kvcache_space_gib, bool) or not isinstance(cpu_kvcache_space_gib, (int, float)) or cpu_kvcache_space_gib <= 0:
+        raise PlanError("cpu_kvcache_space_gib", "must be a positive number of GiB (VLLM_CPU_KVCACHE_SPACE), not %r" % (cpu_kvcache_space_gib,))
+    if isinstance(max_num_seqs, bool) or not isinstance(max_num_seqs, int) or max_num_seqs < 0:
+        raise PlanError("max_num_seqs", "must be 0 (vLLM's usual 256, or concurrency when larger) or a positive whole number, not %r" % (max_num_seqs,))
+    if isinstance(concurrency, int) and 0 < max_num_seqs < concurrency:
+        raise PlanError(
+            "max_num_seqs",
+            "%d is below concurrency %d: vLLM would never run the sequences the plan holds KV cache for; set max_num_seqs to %d or more (or 0)"
+            % (max_num_seqs, concurrency, concurrency),
+        )
+
+
+def _cpu_kv_tokens(spec, tp, space_gib, *, tokens, max_model_len, concurrency, reasons):
+    """KV tokens of one instance on vLLM's CPU build: each worker's VLLM_CPU_KVCACHE_SPACE over its share of a token."""
+    per_token = kv_bytes_per_token(spec, tp)
+    kv_tokens = int(space_gib * GIB) // per_token
+    reasons.append(
+        "CPU build: each of the %d worker%s standing in for a card keeps %s GiB of KV cache (VLLM_CPU_KVCACHE_SPACE), %d bytes per token on each: %d tokens."
+        % (tp, "" if tp == 1 else "s", _fmt_gib_value(space_gib), per_token, kv_tokens)
+    )
+    if kv_tokens < tokens:
+        need = tokens * per_token / float(GIB)
+        raise PlanError(
+            "cpu_kvcache_space_gib",
+            "%s GiB of KV cache per worker holds %d tokens, fewer than max_model_len %d x concurrency %d = %d: "
+            "set cpu_kvcache_space_gib to %s or more, or lower max_model_len or concurrency"
+            % (_fmt_gib_value(space_gib), kv_tokens, max_model_len, concurrency, tokens, _fmt_gib_value(math.ceil(need * 100) / 100.0)),
+        )
+    return kv_tokens
+
+
+def _fmt_gib_value(value):
+    return ("%.2f" % value).rstrip("0").rstrip(".")
 
 
 def _latency_choice(ctx, fits, tp_min, *, links, indices, bandwidth, resolved, reasons, card_name):

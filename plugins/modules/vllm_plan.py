@@ -12,7 +12,9 @@ short_description: Choose how vLLM uses a server's GPUs (data parallel, tensor p
 version_added: 0.1.0
 description:
   - Plans how vLLM serves one model on one server, from the server's GPU facts (or a catalogue profile of cards
-    that are not there) and the model's C(config.json), and returns the plan as the C(vllm_plan) fact.
+    that are not there) and the model's C(config.json), and returns the plan in RV(plan), with every instance's
+    complete launch (its vLLM argument vector and environment), built from the same values the figures are
+    computed from.
   - Checks that weights plus the KV cache for O(max_model_len) x O(concurrency) tokens plus O(overhead_gib) fit
     within O(gpu_memory_utilization) of each card, for dense, mixture-of-experts (every expert counts) and
     multi-head latent attention (MLA) models. Weight bytes are exact when C(model.safetensors.index.json) or
@@ -27,19 +29,17 @@ description:
     (fewer tokens, fp8, int4, more or bigger cards). Every refusal names the parameter to change.
   - Reads only the model's files on the host the module runs on (delegate it to the control node to plan from
     a model there); changes nothing.
+  - Sets no fact (a cached fact could outlive its plan); register the result and pass RV(plan) on explicitly.
 author: gpufleet.serving contributors (@gpufleet)
 requirements:
   - Python 3.8 or later. No third-party library.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.facts
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: none
-  facts:
-    support: full
   platform:
     platforms: posix
 options:
@@ -73,9 +73,11 @@ options:
       - Weight precision in memory. V(auto) takes the checkpoint's (a float32 checkpoint is served in 16 bits,
         as vLLM does; a quantized checkpoint's C(quantization_config) gives V(fp8) or V(int4)).
       - V(fp8) is vLLM's on-load FP8 quantization of the linear layers; V(int4) needs an AWQ or GPTQ checkpoint.
-      - The KV cache is planned in 16 bits, vLLM's default.
+      - The KV cache is planned in the activation dtype (vLLM's C(kv_cache_dtype=auto)): 16 bits, 32 with V(float32).
+      - The launch passes the resolved dtype as C(--dtype) (C(--quantization fp8) for V(fp8) on a 16-bit checkpoint).
+      - V(float32) is for vLLM's CPU build (O(device=cpu)); weights and KV cache then take 4 bytes.
     type: str
-    choices: [auto, bfloat16, float16, fp8, int4]
+    choices: [auto, bfloat16, float16, float32, fp8, int4]
     default: auto
   max_model_len:
     description:
@@ -142,6 +144,85 @@ options:
       - Measurements older than this many days are ignored.
     type: int
     default: 90
+  device:
+    description:
+      - V(cuda) launches vLLM's CUDA build on the cards.
+      - V(cpu) launches vLLM's CPU build standing in for them (tests, demo). The topology is still planned for the
+        cards, one worker process per planned card, and the KV cache of each worker is O(cpu_kvcache_space_gib)
+        (C(VLLM_CPU_KVCACHE_SPACE)), so the plan's KV tokens are that space.
+    type: str
+    choices: [cuda, cpu]
+    default: cuda
+  cpu_kvcache_space_gib:
+    description:
+      - With O(device=cpu), GiB of KV cache each worker allocates (C(VLLM_CPU_KVCACHE_SPACE)).
+    type: float
+    default: 1
+  max_num_seqs:
+    description:
+      - vLLM's C(--max-num-seqs), sequences an instance runs at once. It must be at least O(concurrency).
+      - V(0) gives 256 (vLLM's usual default), or O(concurrency) when that is larger.
+    type: int
+    default: 0
+  launch:
+    description:
+      - Settings of each instance's launch that change neither the fit nor the topology.
+      - Every instance gets C(--model), C(--served-model-name), C(--host), C(--port), C(--max-model-len), C(--dtype),
+        C(--gpu-memory-utilization) (CUDA build), C(--max-num-seqs), C(--tensor-parallel-size) (above 1) and
+        C(--data-parallel-size) (V(vllm_dp)) from the plan, then C(--enforce-eager), C(--shutdown-timeout) and
+        O(launch.extra_args).
+    type: dict
+    default: {}
+    suboptions:
+      model_path:
+        description: Where vLLM reads the model on the server. Empty means C(/var/lib/vllm/models/<served_model_name>).
+        type: str
+        default: ""
+      served_model_name:
+        description: The model name clients send. Empty means the model's directory name.
+        type: str
+        default: ""
+      host:
+        description: Address vLLM binds (loopback, so that only the gateway reaches it).
+        type: str
+        default: 127.0.0.1
+      enforce_eager:
+        description: Pass C(--enforce-eager) (no CUDA graphs).
+        type: bool
+        default: false
+      extra_args:
+        description:
+          - Further vLLM arguments, one per item (a value with a space stays one argument).
+          - An argument the plan sets (C(--max-model-len), C(--gpu-memory-utilization), C(--tensor-parallel-size),
+            C(--kv-cache-memory), C(--max-num-seqs), C(--dtype), C(--port), ...; also in C(--x=value) form) is refused
+            with the setting to use instead.
+        type: list
+        elements: str
+        default: []
+      extra_env:
+        description:
+          - Further environment variables. Those the launch sets from the plan (C(CUDA_VISIBLE_DEVICES),
+            C(VLLM_CPU_KVCACHE_SPACE), ...) are refused; values are limited to a safe character set.
+        type: dict
+        default: {}
+      shutdown_timeout:
+        description: Seconds a stopping vLLM finishes its requests (C(--shutdown-timeout)); V(0) leaves the argument out.
+        type: int
+        default: 60
+      http_keepalive:
+        description: Seconds vLLM keeps an idle HTTP connection (C(VLLM_HTTP_TIMEOUT_KEEP_ALIVE)), 10 or more.
+        type: int
+        default: 75
+      cpu_bind_cores:
+        description: With O(device=cpu), pin each worker to the core standing in for its card (C(VLLM_CPU_OMP_THREADS_BIND)).
+        type: bool
+        default: false
+  variable_prefix:
+    description:
+      - Prefix of the setting names in the messages of a refused launch (the C(gpufleet.serving.plan) role passes
+        V(plan_), so that a refusal names its variable).
+    type: str
+    default: ""
 notes:
   - Supports check mode; the module never changes anything.
   - The rules and the measured figures behind them are explained in the collection's C(docs/planner.md).
@@ -186,138 +267,155 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-ansible_facts:
-  description: Facts to add to C(ansible_facts).
+plan:
+  description: How vLLM should use this server's cards, and why; with each instance's launch.
   returned: success
   type: complex
   contains:
-    vllm_plan:
-      description: How vLLM should use this server's cards, and why.
+    topology:
+      description: V(dp) one vLLM per card; V(tp) one tensor-parallel vLLM; V(tp_dp) several tensor-parallel
+        instances; V(vllm_dp) one vLLM with C(--data-parallel-size) (and C(--tensor-parallel-size) when above 1).
+      type: str
       returned: success
-      type: complex
+      sample: dp
+    tensor_parallel_size:
+      description: Cards per copy of the model (C(--tensor-parallel-size)).
+      type: int
+      returned: success
+      sample: 1
+    data_parallel_size:
+      description: Copies of the model on the server (instances for V(dp)/V(tp_dp), C(--data-parallel-size) for V(vllm_dp)).
+      type: int
+      returned: success
+      sample: 2
+    instances:
+      description:
+        - One entry per vLLM process. Names are V(0), V(1), ... for V(dp) and V(tp_dp) (units C(vllm@0),
+          C(vllm@1)); V(main) for the single V(tp) or V(vllm_dp) process.
+      type: list
+      elements: dict
+      returned: success
+      sample:
+        - name: "0"
+          gpus: [0]
+          port: 8001
+          env: {CUDA_VISIBLE_DEVICES: "0", CUDA_DEVICE_ORDER: PCI_BUS_ID}
+        - name: "1"
+          gpus: [1]
+          port: 8002
+          env: {CUDA_VISIBLE_DEVICES: "1", CUDA_DEVICE_ORDER: PCI_BUS_ID}
       contains:
-        topology:
-          description: V(dp) one vLLM per card; V(tp) one tensor-parallel vLLM; V(tp_dp) several tensor-parallel
-            instances; V(vllm_dp) one vLLM with C(--data-parallel-size) (and C(--tensor-parallel-size) when above 1).
+        name:
+          description: Instance name.
           type: str
-          returned: success
-          sample: dp
-        tensor_parallel_size:
-          description: Cards per copy of the model (C(--tensor-parallel-size)).
+        gpus:
+          description: Card indices (NVML order, which is PCI bus order).
+          type: list
+          elements: int
+        port:
+          description: TCP port of the instance.
           type: int
-          returned: success
-          sample: 1
-        data_parallel_size:
-          description: Copies of the model on the server (instances for V(dp)/V(tp_dp), C(--data-parallel-size) for V(vllm_dp)).
-          type: int
-          returned: success
-          sample: 2
-        instances:
+        env:
           description:
-            - One entry per vLLM process. Names are V(0), V(1), ... for V(dp) and V(tp_dp) (units C(vllm@0),
-              C(vllm@1)); V(main) for the single V(tp) or V(vllm_dp) process.
-          type: list
-          elements: dict
-          returned: success
-          sample:
-            - name: "0"
-              gpus: [0]
-              port: 8001
-              env: {CUDA_VISIBLE_DEVICES: "0", CUDA_DEVICE_ORDER: PCI_BUS_ID}
-            - name: "1"
-              gpus: [1]
-              port: 8002
-              env: {CUDA_VISIBLE_DEVICES: "1", CUDA_DEVICE_ORDER: PCI_BUS_ID}
-          contains:
-            name:
-              description: Instance name.
-              type: str
-            gpus:
-              description: Card indices (NVML order, which is PCI bus order).
-              type: list
-              elements: int
-            port:
-              description: TCP port of the instance.
-              type: int
-            env:
-              description:
-                - Environment of the process. C(CUDA_DEVICE_ORDER=PCI_BUS_ID) always, so CUDA numbers cards as NVML does;
-                  C(NCCL_P2P_DISABLE=1) for tensor parallel across cards without working P2P.
-              type: dict
-        memory:
-          description: The numbers behind the plan.
-          type: complex
-          returned: success
-          contains:
-            params:
-              description: Parameter count (every expert included).
-              type: int
-              sample: 8030261248
-            weights_bytes:
-              description: Bytes of weights in memory for the whole model.
-              type: int
-              sample: 16060522496
-            weights_bytes_per_gpu:
-              description: Bytes of weights on each card of an instance.
-              type: int
-              sample: 16060522496
-            kv_bytes_per_token:
-              description: KV-cache bytes per token for the whole model (all layers and KV heads).
-              type: int
-              sample: 131072
-            kv_tokens_per_instance:
-              description: Tokens of KV cache each instance can hold.
-              type: int
-              sample: 896235
-            max_concurrency:
-              description: Sequences of O(max_model_len) tokens each instance can hold at once.
-              type: float
-              sample: 6.84
-        reasons:
-          description: Sentences that give the numbers behind the choice.
-          type: list
-          elements: str
-          returned: success
-        warnings:
-          description: What the operator should know or fix (no P2P, unused cards, busy memory...).
-          type: list
-          elements: str
-          returned: success
-        model:
-          description: Model name (the model directory's name).
-          type: str
-          returned: success
-          sample: Llama-3.1-8B
-        cards:
-          description: The cards in words.
-          type: str
-          returned: success
-          sample: 2 x NVIDIA H200 (140.4 GiB each, NVLink)
-        dtype:
-          description: Weight precision planned (V(auto) resolved).
-          type: str
-          returned: success
-          sample: bfloat16
-        max_model_len:
-          description: Context length planned (O(max_model_len) or the model's maximum).
+            - Environment of the process. C(CUDA_DEVICE_ORDER=PCI_BUS_ID) always, so CUDA numbers cards as NVML does;
+              C(NCCL_P2P_DISABLE=1) for tensor parallel across cards without working P2P.
+          type: dict
+    memory:
+      description: The numbers behind the plan.
+      type: complex
+      returned: success
+      contains:
+        params:
+          description: Parameter count (every expert included).
           type: int
-          returned: success
+          sample: 8030261248
+        weights_bytes:
+          description: Bytes of weights in memory for the whole model.
+          type: int
+          sample: 16060522496
+        weights_bytes_per_gpu:
+          description: Bytes of weights on each card of an instance.
+          type: int
+          sample: 16060522496
+        kv_bytes_per_token:
+          description: KV-cache bytes per token for the whole model (all layers and KV heads).
+          type: int
           sample: 131072
-        gpu_memory_utilization:
-          description: The fraction planned, to pass on to vLLM.
+        kv_tokens_per_instance:
+          description: Tokens of KV cache each instance can hold.
+          type: int
+          sample: 896235
+        max_concurrency:
+          description: Sequences of O(max_model_len) tokens each instance can hold at once.
           type: float
-          returned: success
-          sample: 0.9
-        source:
-          description: V(measured) when a bake-off measurement chose (or confirmed) the topology, V(estimated) otherwise.
-          type: str
-          returned: success
-          sample: measured
-        interconnect:
-          description: Weakest link inside a tensor-parallel group (V(nvlink), V(pcie_p2p), V(pcie_no_p2p)); V(null) without tensor parallel.
-          type: str
-          returned: success
-          sample: nvlink
+          sample: 6.84
+    reasons:
+      description: Sentences that give the numbers behind the choice.
+      type: list
+      elements: str
+      returned: success
+    warnings:
+      description: What the operator should know or fix (no P2P, unused cards, busy memory...).
+      type: list
+      elements: str
+      returned: success
+    model:
+      description: Model name (the model directory's name).
+      type: str
+      returned: success
+      sample: Llama-3.1-8B
+    cards:
+      description: The cards in words.
+      type: str
+      returned: success
+      sample: 2 x NVIDIA H200 (140.4 GiB each, NVLink)
+    dtype:
+      description: Weight precision planned (V(auto) resolved).
+      type: str
+      returned: success
+      sample: bfloat16
+    max_model_len:
+      description: Context length planned (O(max_model_len) or the model's maximum).
+      type: int
+      returned: success
+      sample: 131072
+    gpu_memory_utilization:
+      description: The fraction planned, to pass on to vLLM.
+      type: float
+      returned: success
+      sample: 0.9
+    source:
+      description: V(measured) when a bake-off measurement chose (or confirmed) the topology, V(estimated) otherwise.
+      type: str
+      returned: success
+      sample: measured
+    interconnect:
+      description: Weakest link inside a tensor-parallel group (V(nvlink), V(pcie_p2p), V(pcie_no_p2p)); V(null) without tensor parallel.
+      type: str
+      returned: success
+      sample: nvlink
+    device:
+      description: The vLLM build planned (O(device)).
+      type: str
+      returned: success
+      sample: cuda
+    max_num_seqs:
+      description: vLLM's C(--max-num-seqs) for every instance.
+      type: int
+      returned: success
+      sample: 256
+    cpu_kvcache_space_gib:
+      description: With O(device=cpu), the KV cache of each worker in GiB.
+      type: float
+      returned: when O(device=cpu)
+    quantized_checkpoint:
+      description: Whether the checkpoint itself is quantized (fp8 or int4), so that vLLM reads its quantization from it.
+      type: bool
+      returned: success
+    launch:
+      description: The launch settings used (O(launch) with defaults filled in) and C(entrypoint), the interpreter arguments.
+      type: dict
+      returned: success
 param:
   description: On failure, the parameter to change.
   returned: failure
@@ -331,8 +429,10 @@ details:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import DEFAULT_SETTINGS, DEVICES
 from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_planner import (
     DEFAULT_BASE_PORT,
+    DEFAULT_CPU_KVCACHE_SPACE_GIB,
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEFAULT_MEASURED_MAX_AGE_DAYS,
     DEFAULT_OVERHEAD_GIB,
@@ -360,6 +460,23 @@ PLAN_ARGUMENTS = (
     "overhead_gib",
     "measured",
     "measured_max_age_days",
+    "device",
+    "cpu_kvcache_space_gib",
+    "max_num_seqs",
+)
+# Options that are not planning inputs.
+OTHER_ARGUMENTS = ("launch", "variable_prefix")
+
+LAUNCH_SPEC = dict(
+    model_path=dict(type="str", default=DEFAULT_SETTINGS["model_path"]),
+    served_model_name=dict(type="str", default=DEFAULT_SETTINGS["served_model_name"]),
+    host=dict(type="str", default=DEFAULT_SETTINGS["host"]),
+    enforce_eager=dict(type="bool", default=DEFAULT_SETTINGS["enforce_eager"]),
+    extra_args=dict(type="list", elements="str", default=[]),
+    extra_env=dict(type="dict", default={}),
+    shutdown_timeout=dict(type="int", default=DEFAULT_SETTINGS["shutdown_timeout"]),
+    http_keepalive=dict(type="int", default=DEFAULT_SETTINGS["http_keepalive"]),
+    cpu_bind_cores=dict(type="bool", default=DEFAULT_SETTINGS["cpu_bind_cores"]),
 )
 
 
@@ -382,6 +499,11 @@ def main():
             overhead_gib=dict(type="float", default=DEFAULT_OVERHEAD_GIB),
             measured=dict(type="path"),
             measured_max_age_days=dict(type="int", default=DEFAULT_MEASURED_MAX_AGE_DAYS),
+            device=dict(type="str", choices=list(DEVICES), default="cuda"),
+            cpu_kvcache_space_gib=dict(type="float", default=DEFAULT_CPU_KVCACHE_SPACE_GIB),
+            max_num_seqs=dict(type="int", default=0),
+            launch=dict(type="dict", default={}, options=LAUNCH_SPEC),
+            variable_prefix=dict(type="str", default=""),
         ),
         mutually_exclusive=[("gpus", "gpu_profile")],
         required_together=[("gpu_profile", "gpu_count")],
@@ -389,10 +511,14 @@ def main():
         supports_check_mode=True,
     )
     try:
-        vllm_plan = plan(**{name: module.params[name] for name in PLAN_ARGUMENTS})
+        result = plan(
+            launch=module.params["launch"],
+            launch_prefix=module.params["variable_prefix"],
+            **{name: module.params[name] for name in PLAN_ARGUMENTS},
+        )
     except PlanError as exc:
         module.fail_json(msg=str(exc), param=exc.param, details=exc.details)
-    module.exit_json(changed=False, ansible_facts={"vllm_plan": vllm_plan})
+    module.exit_json(changed=False, plan=result)
 
 
 if __name__ == "__main__":

@@ -219,10 +219,18 @@ def test_broken_safetensors_name_the_model(tmp_path, content, words):
 # ---------------------------------------------------------------------------
 
 
+def placement(result):
+    """Each instance's name, cards, port and the two CUDA variables that place it."""
+    return [
+        {"name": i["name"], "gpus": i["gpus"], "port": i["port"], "env": {k: i["env"][k] for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}}
+        for i in result["instances"]
+    ]
+
+
 def test_8b_bf16_on_the_h200x2_capture_is_data_parallel(h200x2):
     result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), dtype="bfloat16")
     assert (result["topology"], result["tensor_parallel_size"], result["data_parallel_size"]) == ("dp", 1, 2)
-    assert result["instances"] == [
+    assert placement(result) == [
         {"name": "0", "gpus": [0], "port": 8001, "env": {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}},
         {"name": "1", "gpus": [1], "port": 8002, "env": {"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}},
     ]
@@ -240,7 +248,8 @@ def test_8b_bf16_on_the_h200x2_capture_is_data_parallel(h200x2):
 def test_70b_bf16_on_the_h200x2_capture_is_tensor_parallel_2(h200x2):
     result = vp.plan(gpus=h200x2, model=model("Llama-3.1-70B"), dtype="bfloat16")
     assert (result["topology"], result["tensor_parallel_size"], result["data_parallel_size"]) == ("tp", 2, 1)
-    assert result["instances"] == [{"name": "main", "gpus": [0, 1], "port": 8001, "env": {"CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}}]
+    assert placement(result) == [{"name": "main", "gpus": [0, 1], "port": 8001, "env": {"CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}}]
+    assert result["instances"][0]["argv"][result["instances"][0]["argv"].index("--tensor-parallel-size") + 1] == "2"
     assert result["interconnect"] == "nvlink"
     assert result["memory"]["weights_bytes_per_gpu"] == 70553706496
     assert any("cannot hold it" in reason for reason in result["reasons"])
@@ -263,7 +272,8 @@ def test_70b_on_two_rtx_5080_fits_nowhere_and_says_by_how_much():
 def test_8b_with_single_endpoint_is_vllm_data_parallel(h200x2):
     result = vp.plan(gpus=h200x2, model=model("Llama-3.1-8B"), single_endpoint=True)
     assert (result["topology"], result["tensor_parallel_size"], result["data_parallel_size"]) == ("vllm_dp", 1, 2)
-    assert result["instances"] == [{"name": "main", "gpus": [0, 1], "port": 8001, "env": {"CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}}]
+    assert placement(result) == [{"name": "main", "gpus": [0, 1], "port": 8001, "env": {"CUDA_VISIBLE_DEVICES": "0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}}]
+    assert "--data-parallel-size" in result["instances"][0]["argv"]
     assert any("--data-parallel-size 2" in reason for reason in result["reasons"])
 
 

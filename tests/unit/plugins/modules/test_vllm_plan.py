@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.gpufleet.serving.plugins.module_utils import gpu_catalog, nvml_facts, vllm_planner
+from ansible_collections.gpufleet.serving.plugins.module_utils import gpu_catalog, nvml_facts, vllm_launch, vllm_planner
 from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
@@ -43,7 +43,7 @@ def run_module(capsys, args, check_mode=False):
 @pytest.mark.parametrize("check_mode", [False, True])
 def test_plan_from_facts(capsys, h200x2, check_mode):
     result = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B}, check_mode=check_mode)
-    plan = result["ansible_facts"]["vllm_plan"]
+    plan = result["plan"]
     assert result["rc"] == 0 and result["changed"] is False
     assert (plan["topology"], plan["data_parallel_size"], plan["model"]) == ("dp", 2, "Llama-3.1-8B")
     assert [instance["port"] for instance in plan["instances"]] == [8001, 8002]
@@ -51,12 +51,12 @@ def test_plan_from_facts(capsys, h200x2, check_mode):
 
 def test_plan_from_a_profile_and_options(capsys):
     args = {"gpu_profile": "h100-sxm", "gpu_count": 4, "model": MODEL_70B, "max_model_len": 8192, "concurrency": 2, "base_port": 9100}
-    plan = run_module(capsys, args)["ansible_facts"]["vllm_plan"]
+    plan = run_module(capsys, args)["plan"]
     # TP=2 per card: 65.7 GiB weights + 2.5 GiB KV + 2 GiB overhead = 70.2 of 71.7 GiB usable: two TP=2 copies
     assert (plan["topology"], plan["tensor_parallel_size"], plan["data_parallel_size"]) == ("tp_dp", 2, 2)
     assert [instance["port"] for instance in plan["instances"]] == [9100, 9101]
     # 4 GiB of overhead no longer fits TP=2 (72.2 GiB): one TP=4 copy
-    plan = run_module(capsys, dict(args, overhead_gib=4))["ansible_facts"]["vllm_plan"]
+    plan = run_module(capsys, dict(args, overhead_gib=4))["plan"]
     assert (plan["topology"], plan["tensor_parallel_size"]) == ("tp", 4)
     assert any("4.0 GiB overhead" in reason for reason in plan["reasons"])
 
@@ -98,7 +98,12 @@ def test_documentation_matches_the_argument_spec():
     documented = yaml.safe_load(vllm_plan.DOCUMENTATION)["options"]
     source = Path(vllm_plan.__file__).read_text()
     spec_names = re.findall(r"^            (\w+)=dict\(", source, flags=re.M)
-    assert sorted(documented) == sorted(spec_names) == sorted(vllm_plan.PLAN_ARGUMENTS)
+    assert sorted(documented) == sorted(spec_names) == sorted(vllm_plan.PLAN_ARGUMENTS + vllm_plan.OTHER_ARGUMENTS)
+    launch = documented["launch"]["suboptions"]
+    assert sorted(launch) == sorted(vllm_plan.LAUNCH_SPEC) == sorted(vllm_launch.DEFAULT_SETTINGS)
+    for name, spec in vllm_plan.LAUNCH_SPEC.items():
+        assert launch[name]["type"] == spec["type"] and launch[name]["default"] == spec["default"], name
+    assert documented["device"]["choices"] == list(vllm_launch.DEVICES)
     assert documented["dtype"]["choices"] == list(vllm_planner.DTYPES)
     assert documented["topology"]["choices"] == list(vllm_planner.TOPOLOGIES)
     assert documented["objective"]["choices"] == list(vllm_planner.OBJECTIVES)
@@ -110,7 +115,7 @@ def test_documentation_matches_the_argument_spec():
 
 
 def test_measured_file_decides_through_the_module(capsys, tmp_path, h200x2):
-    estimate = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B})["ansible_facts"]["vllm_plan"]
+    estimate = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B})["plan"]
     assert estimate["source"] == "estimated"
     measured = tmp_path / "measured.json"
     entry = {key: estimate[key] for key in vllm_planner.MEASURED_MATCH_KEYS}
@@ -120,8 +125,47 @@ def test_measured_file_decides_through_the_module(capsys, tmp_path, h200x2):
         winners={"throughput": {"unit": "tok/s", "better": "higher", "ranking": [{"topology": "tp", "value": 412}, {"topology": "dp", "value": 260}]}},
     )
     measured.write_text(json.dumps({"format": vllm_planner.MEASURED_FORMAT, "version": 1, "measurements": [entry]}))
-    plan = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "measured": str(measured)})["ansible_facts"]["vllm_plan"]
+    plan = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "measured": str(measured)})["plan"]
     assert (plan["topology"], plan["source"]) == ("tp", "measured")
     assert plan["reasons"][0].startswith("measured: tp won throughput, 412 vs 260 tok/s (dp), bake-off of ")
     result = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "measured": str(measured), "measured_max_age_days": 0})
     assert result["failed"] and result["param"] == "measured_max_age_days"
+
+
+def test_the_result_carries_each_instance_launch_and_sets_no_fact(capsys, h200x2):
+    args = {
+        "gpus": h200x2,
+        "model": MODEL_8B,
+        "max_model_len": 8192,
+        "concurrency": 4,
+        "launch": {"served_model_name": "llama", "extra_args": ["--api-key", "a key with spaces"], "extra_env": {"NCCL_DEBUG": "WARN"}},
+    }
+    result = run_module(capsys, args)
+    assert "ansible_facts" not in result
+    plan = result["plan"]
+    first = plan["instances"][0]
+    assert first["argv"][:8] == ["--model", "/var/lib/vllm/models/llama", "--served-model-name", "llama", "--host", "127.0.0.1", "--port", "8001"]
+    assert first["argv"][-2:] == ["--api-key", "a key with spaces"]
+    assert first["env"]["NCCL_DEBUG"] == "WARN" and first["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+    assert vllm_launch.launch_mismatches(plan) == []
+
+
+@pytest.mark.parametrize(
+    ("launch", "variable", "instead"),
+    [
+        ({"extra_args": ["--max-model-len=4096"]}, "plan_extra_args", "plan_max_model_len"),
+        ({"extra_args": ["--gpu_memory_utilization", "0.5"]}, "plan_extra_args", "plan_gpu_memory_utilization"),
+        ({"model_path": "/srv/my model"}, "plan_model_path", "whitespace"),
+        ({"served_model_name": "llama\n3"}, "plan_served_model_name", "control"),
+    ],
+)
+def test_refused_launch_settings_name_the_role_variable(capsys, h200x2, launch, variable, instead):
+    result = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "launch": launch, "variable_prefix": "plan_"})
+    assert result["failed"] is True
+    assert result["msg"].startswith(variable) and instead in result["msg"]
+
+
+def test_a_port_range_past_65535_is_refused(capsys, h200x2):
+    result = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "base_port": 65535, "variable_prefix": "plan_"})
+    assert result["failed"] is True and result["param"] == "base_port"
+    assert "plan_base_port" in result["msg"] and "65536" in result["msg"]
