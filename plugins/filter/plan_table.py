@@ -16,7 +16,9 @@ description:
   - Turns the plans of many hosts into one table (host, cards, model, topology, weights per card, KV tokens per
     instance, max concurrency), followed by each host's reasons, warnings, or the error that refused it.
   - The input is either a list of rows (dicts with C(host) and C(plan) or C(error)), or a list of host names, in
-    which case O(hostvars) and O(result) say where each host's registered M(gpufleet.serving.vllm_plan) result is.
+    which case O(hostvars) and O(result) say where each host's plan is: the C(gpufleet_plan) the
+    C(gpufleet.serving.plan) role publishes (a plan, or C(refused) with the message), or a registered
+    M(gpufleet.serving.vllm_plan) result.
 positional: _input, hostvars
 options:
   _input:
@@ -28,9 +30,9 @@ options:
     description: The C(hostvars) mapping; required when O(_input) holds host names.
     type: dict
   result:
-    description: Name of the variable each host registered the M(gpufleet.serving.vllm_plan) result in.
+    description: Name of the variable that holds each host's plan (or its registered M(gpufleet.serving.vllm_plan) result).
     type: str
-    default: __gpufleet_plan
+    default: gpufleet_plan
   width:
     description: Width at which reasons and warnings are wrapped.
     type: int
@@ -51,7 +53,7 @@ _value:
 """
 
 
-def plan_table(data, hostvars=None, result="__gpufleet_plan", width=120):
+def plan_table(data, hostvars=None, result="gpufleet_plan", width=120):
     if not isinstance(data, (list, tuple)):
         raise AnsibleFilterError("plan_table: expects a list of rows or of host names, not %s" % type(data).__name__)
     if all(isinstance(item, str) for item in data) and data:

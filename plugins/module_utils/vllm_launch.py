@@ -39,8 +39,8 @@ DEFAULT_SETTINGS = {
     "enforce_eager": False,
     "extra_args": [],
     "extra_env": {},
-    "shutdown_timeout": 60,
-    "http_keepalive": 75,
+    "shutdown_timeout_sec": 60,
+    "http_keepalive_sec": 75,
     "cpu_bind_cores": False,
 }
 SETTING_NAMES = tuple(DEFAULT_SETTINGS)
@@ -70,7 +70,7 @@ PLANNED_ARGS = {
     "-pp": "{p}topology (the planner plans no pipeline parallel)",
     "--max-num-seqs": "{p}max_num_seqs",
     "--enforce-eager": "{p}enforce_eager",
-    "--shutdown-timeout": "{p}shutdown_timeout",
+    "--shutdown-timeout": "{p}shutdown_timeout_sec",
 }
 # Environment variables the plan sets; extra_env must not change them.
 PLANNED_ENV = {
@@ -80,7 +80,7 @@ PLANNED_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "{p}cpu_kvcache_space_gib",
     "VLLM_CPU_OMP_THREADS_BIND": "{p}cpu_bind_cores",
     "OMP_NUM_THREADS": "{p}cpu_bind_cores",
-    "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "{p}http_keepalive",
+    "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "{p}http_keepalive_sec",
 }
 # Variables the planner itself puts in an instance's env (kept when a launch is built again).
 PLANNER_ENV = ("NCCL_P2P_DISABLE",)
@@ -149,13 +149,13 @@ def check_settings(settings, prefix=""):
     for key in ("enforce_eager", "cpu_bind_cores"):
         if not isinstance(out[key], bool):
             raise LaunchError(key, "%s%s must be true or false, not %r" % (prefix, key, out[key]))
-    if not _is_int(out["shutdown_timeout"]) or out["shutdown_timeout"] < 0:
-        raise LaunchError("shutdown_timeout", "%sshutdown_timeout must be 0 or more seconds, not %r" % (prefix, out["shutdown_timeout"]))
-    if not _is_int(out["http_keepalive"]) or out["http_keepalive"] < 10:
+    if not _is_int(out["shutdown_timeout_sec"]) or out["shutdown_timeout_sec"] < 0:
+        raise LaunchError("shutdown_timeout_sec", "%sshutdown_timeout_sec must be 0 or more seconds, not %r" % (prefix, out["shutdown_timeout_sec"]))
+    if not _is_int(out["http_keepalive_sec"]) or out["http_keepalive_sec"] < 10:
         raise LaunchError(
-            "http_keepalive",
-            "%shttp_keepalive must be 10 seconds or more (75 by default), well above the idle timeout of the proxy in front, not %r"
-            % (prefix, out["http_keepalive"]),
+            "http_keepalive_sec",
+            "%shttp_keepalive_sec must be 10 seconds or more (75 by default), well above the idle timeout of the proxy in front, not %r"
+            % (prefix, out["http_keepalive_sec"]),
         )
     out["extra_args"] = check_extra_args(out["extra_args"], prefix)
     out["extra_env"] = check_extra_env(out["extra_env"], prefix)
@@ -260,7 +260,7 @@ def instance_env(plan, instance, settings):
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
         "GPUFLEET_PORT": str(instance["port"]),
-        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(settings["http_keepalive"]),
+        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(settings["http_keepalive_sec"]),
     }
     # The planner's own per-instance variables (NCCL_P2P_DISABLE for cards without P2P).
     env.update({k: str(v) for k, v in (instance.get("env") or {}).items() if k in PLANNER_ENV})
@@ -283,8 +283,8 @@ def instance_argv(plan, instance, settings):
     argv += planned_arguments(plan)
     if settings["enforce_eager"]:
         argv.append("--enforce-eager")
-    if settings["shutdown_timeout"] > 0:
-        argv += ["--shutdown-timeout", str(settings["shutdown_timeout"])]
+    if settings["shutdown_timeout_sec"] > 0:
+        argv += ["--shutdown-timeout", str(settings["shutdown_timeout_sec"])]
     return argv + list(settings["extra_args"])
 
 
@@ -375,6 +375,8 @@ def launch_mismatches(plan):
                 "instance %s: VLLM_CPU_KVCACHE_SPACE is %r but the plan's KV cache is %r GiB"
                 % (name, env.get("VLLM_CPU_KVCACHE_SPACE"), plan.get("cpu_kvcache_space_gib"))
             )
+        if "launch_sha1" in instance and instance["launch_sha1"] != launch_digest(instance.get("argv") or [], env):
+            problems.append("instance %s: launch_sha1 is not the fingerprint of its argv and env (edited by hand?)" % name)
         if env.get("GPUFLEET_PORT") != str(instance.get("port")):
             problems.append("instance %s: GPUFLEET_PORT is %r but its port is %r" % (name, env.get("GPUFLEET_PORT"), instance.get("port")))
     return problems

@@ -1443,14 +1443,17 @@ def topology_words(vllm_plan):
 
 
 def rows_from_results(hosts, results):
-    """Table rows from each host's registered vllm_plan result (``results``: host -> result or None)."""
+    """Table rows from each host's plan (``results``: host -> a vllm_plan module result, a plan, a refusal or None).
+
+    A refusal is the plan role's ``gpufleet_plan`` of a refused host: ``{"refused": message, "param": ..., "details": ...}``.
+    """
     rows = []
     for host in hosts:
         result = results.get(host)
         if not isinstance(result, dict):
             rows.append({"host": host, "error": "no plan: the host failed or was unreachable before planning (see its error above)"})
             continue
-        vllm_plan = (result.get("ansible_facts") or {}).get("vllm_plan")
+        vllm_plan = result.get("plan") if "plan" in result else (result if "topology" in result else None)
         if isinstance(vllm_plan, dict):
             rows.append({"host": host, "plan": vllm_plan})
             continue
@@ -1458,7 +1461,7 @@ def rows_from_results(hosts, results):
         if result.get("skipped"):
             error = "no plan: skipped (%s)" % (result.get("skip_reason") or "condition false")
         else:
-            error = result.get("msg") or "no plan"
+            error = result.get("refused") or result.get("msg") or "no plan"
         rows.append({"host": host, "error": error, "cards": details.get("cards"), "model": details.get("model")})
     return rows
 

@@ -205,11 +205,11 @@ options:
             C(VLLM_CPU_KVCACHE_SPACE), ...) are refused; values are limited to a safe character set.
         type: dict
         default: {}
-      shutdown_timeout:
+      shutdown_timeout_sec:
         description: Seconds a stopping vLLM finishes its requests (C(--shutdown-timeout)); V(0) leaves the argument out.
         type: int
         default: 60
-      http_keepalive:
+      http_keepalive_sec:
         description: Seconds vLLM keeps an idle HTTP connection (C(VLLM_HTTP_TIMEOUT_KEEP_ALIVE)), 10 or more.
         type: int
         default: 75
@@ -474,8 +474,8 @@ LAUNCH_SPEC = dict(
     enforce_eager=dict(type="bool", default=DEFAULT_SETTINGS["enforce_eager"]),
     extra_args=dict(type="list", elements="str", default=[]),
     extra_env=dict(type="dict", default={}),
-    shutdown_timeout=dict(type="int", default=DEFAULT_SETTINGS["shutdown_timeout"]),
-    http_keepalive=dict(type="int", default=DEFAULT_SETTINGS["http_keepalive"]),
+    shutdown_timeout_sec=dict(type="int", default=DEFAULT_SETTINGS["shutdown_timeout_sec"]),
+    http_keepalive_sec=dict(type="int", default=DEFAULT_SETTINGS["http_keepalive_sec"]),
     cpu_bind_cores=dict(type="bool", default=DEFAULT_SETTINGS["cpu_bind_cores"]),
 )
 

@@ -26,9 +26,17 @@ MODELS = Path(__file__).resolve().parents[3] / "fixtures" / "models"
 def registered(**kwargs):
     """What a task registers from gpufleet.serving.vllm_plan (success or refusal)."""
     try:
-        return {"changed": False, "ansible_facts": {"vllm_plan": vllm_planner.plan(**kwargs)}}
+        return {"changed": False, "plan": vllm_planner.plan(**kwargs)}
     except vllm_planner.PlanError as exc:
         return {"failed": False, "msg": str(exc), "param": exc.param, "details": exc.details}
+
+
+def published(**kwargs):
+    """What the plan role publishes as gpufleet_plan: the plan, or the refusal."""
+    try:
+        return vllm_planner.plan(**kwargs)
+    except vllm_planner.PlanError as exc:
+        return {"refused": str(exc), "param": exc.param, "details": exc.details}
 
 
 def test_registered_as_plan_table():
@@ -37,8 +45,8 @@ def test_registered_as_plan_table():
 
 def test_table_from_host_names_and_hostvars():
     hostvars = {
-        "gpu1": {"__gpufleet_plan": registered(gpu_profile="h200", gpu_count=2, model=str(MODELS / "Llama-3.1-8B"))},
-        "gpu2": {"__gpufleet_plan": registered(gpu_profile="rtx-5080", gpu_count=2, model=str(MODELS / "Llama-3.1-70B"))},
+        "gpu1": {"gpufleet_plan": published(gpu_profile="h200", gpu_count=2, model=str(MODELS / "Llama-3.1-8B"))},
+        "gpu2": {"gpufleet_plan": published(gpu_profile="rtx-5080", gpu_count=2, model=str(MODELS / "Llama-3.1-70B"))},
         "gpu3": {},
     }
     text = plan_table(["gpu1", "gpu2", "gpu3"], hostvars)

@@ -115,7 +115,7 @@ def test_extra_settings_come_last_and_keep_values_whole(h200x2):
 
 
 def test_shutdown_timeout_zero_leaves_the_argument_out(h200x2):
-    plan = vllm_planner.plan(gpus=h200x2, model=MODEL_8B, max_model_len=8192, launch={"shutdown_timeout": 0})
+    plan = vllm_planner.plan(gpus=h200x2, model=MODEL_8B, max_model_len=8192, launch={"shutdown_timeout_sec": 0})
     assert "--shutdown-timeout" not in plan["instances"][0]["argv"]
 
 
@@ -193,8 +193,8 @@ def test_extra_env_refusals_name_the_variable(env, words):
         ({"model_path": "/srv/m", "served_model_name": "my model"}, "served_model_name"),
         ({"model_path": "/srv/m", "served_model_name": "m\x07"}, "served_model_name"),
         ({"model_path": "/srv/m", "served_model_name": "m", "host": "0.0.0.0 --x"}, "host"),
-        ({"model_path": "/srv/m", "served_model_name": "m", "http_keepalive": 5}, "http_keepalive"),
-        ({"model_path": "/srv/m", "served_model_name": "m", "shutdown_timeout": -1}, "shutdown_timeout"),
+        ({"model_path": "/srv/m", "served_model_name": "m", "http_keepalive_sec": 5}, "http_keepalive_sec"),
+        ({"model_path": "/srv/m", "served_model_name": "m", "shutdown_timeout_sec": -1}, "shutdown_timeout_sec"),
         ({"model_path": "/srv/m", "served_model_name": "m", "enforce_eager": "yes"}, "enforce_eager"),
         ({"model_path": "/srv/m", "served_model_name": "m", "nonsense": 1}, "nonsense"),
     ],

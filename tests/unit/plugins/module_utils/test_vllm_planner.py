@@ -530,9 +530,11 @@ def test_format_plan_table(h200x2):
 def test_rows_from_registered_results():
     plan = {"topology": "dp", "tensor_parallel_size": 1, "data_parallel_size": 2}
     rows = vp.rows_from_results(
-        ["a", "b", "c", "d"],
+        ["a", "b", "c", "d", "e", "f"],
         {
-            "a": {"changed": False, "ansible_facts": {"vllm_plan": plan}},
+            "a": {"changed": False, "plan": plan},
+            "e": plan,
+            "f": {"refused": "max_num_seqs: too few", "param": "max_num_seqs", "details": {}},
             "b": {"failed": False, "msg": "model: too big", "details": {"model": "M", "cards": "2 x X"}},
             "c": {"skipped": True, "skip_reason": "Conditional result was False"},
         },
@@ -541,6 +543,8 @@ def test_rows_from_registered_results():
     assert rows[1] == {"host": "b", "error": "model: too big", "cards": "2 x X", "model": "M"}
     assert "skipped" in rows[2]["error"]
     assert "failed or was unreachable" in rows[3]["error"]
+    assert rows[4] == {"host": "e", "plan": plan}
+    assert rows[5]["error"] == "max_num_seqs: too few"
 
 
 @pytest.mark.parametrize(
