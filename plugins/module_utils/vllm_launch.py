@@ -82,6 +82,8 @@ PLANNED_ENV = {
     "OMP_NUM_THREADS": "{p}cpu_bind_cores",
     "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "{p}http_keepalive_sec",
 }
+# Variables the launch and the vllm role write themselves (stale detection reads them).
+RESERVED_ENV = ("GPUFLEET_PORT", "GPUFLEET_UNIT_SHA1", "GPUFLEET_VLLM_PACKAGE", "GPUFLEET_LAUNCH_SHA1")
 # Variables the planner itself puts in an instance's env (kept when a launch is built again).
 PLANNER_ENV = ("NCCL_P2P_DISABLE",)
 # Host paths and names: no whitespace, quotes, control characters, '%' or '$'.
@@ -192,11 +194,11 @@ def check_extra_env(env, prefix=""):
     for key, given in env.items():
         if not isinstance(key, str) or not ENV_KEY_RE.match(key):
             raise LaunchError("extra_env", "%sextra_env: %r is not a variable name (letters, digits, _; not starting with a digit)" % (prefix, key))
-        if key in PLANNED_ENV or key.startswith("GPUFLEET_"):
+        if key in PLANNED_ENV or key in RESERVED_ENV:
             raise LaunchError(
                 "extra_env",
                 "%sextra_env sets %s, which the launch sets itself: remove it (set %s)"
-                % (prefix, key, _name(prefix, PLANNED_ENV.get(key, "nothing: GPUFLEET_* are the collection's own"))),
+                % (prefix, key, _name(prefix, PLANNED_ENV.get(key, "nothing: the vllm role writes it"))),
             )
         if isinstance(given, bool):
             given = "1" if given else "0"  # noqa: PLW2901

@@ -128,10 +128,10 @@ def inventory(tmp, gpus):
                     "hosts": {name: {} for name in gpus},
                     "vars": {
                         "plan_model_config": model, "plan_gpu_profile": "h100-sxm", "plan_gpu_count": 1, "plan_max_model_len": 512,
-                        "vllm_device": "cpu", "vllm_pip_index_url": url + "/pip/simple/", "vllm_pip_trusted_hosts": ["%s:8080" % CACHE],
-                        "vllm_pip_requirements_url": url + "/pip/requirements.txt", "vllm_model_source": "url", "vllm_model_name": "tiny",
-                        "vllm_model_url": url + "/models/tiny", "vllm_dtype": "float32", "vllm_max_model_len": 512,
-                        "vllm_enforce_eager": True, "vllm_limit_nofile": 16384,
+                        "plan_device": "cpu", "plan_dtype": "float32", "plan_served_model_name": "tiny", "plan_enforce_eager": True,
+                        "vllm_pip_index_url": url + "/pip/simple/", "vllm_pip_trusted_hosts": ["%s:8080" % CACHE],
+                        "vllm_pip_requirements_url": url + "/pip/requirements.txt", "vllm_model_source": "url",
+                        "vllm_model_url": url + "/models/tiny", "vllm_limit_nofile": 16384,
                         # No gateway host in the benchmark: each server's own nginx tier only.
                         "gateway_require_api_key": False,
                     },

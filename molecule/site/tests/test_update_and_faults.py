@@ -21,7 +21,7 @@ GW = "t-site-gw1"
 KEY = "demo-key-0123456789"
 LOADGEN = ROOT / "plugins" / "module_utils" / "loadgen.py"
 REPORT = ROOT / ".cache" / "reports" / "site-faults.json"
-ROLLOUT_ENV = {"vllm_extra_env": {"GPUFLEET_ROLLOUT": "1"}}
+ROLLOUT_ENV = {"plan_extra_env": {"GPUFLEET_ROLLOUT": "1"}}
 
 
 def sh(container, *args, check=True):
