@@ -1,0 +1,225 @@
+"""The units the vllm role renders run exactly what the plan computed with.
+
+For the demo, example and molecule inventories: the plan role's module call
+(roles/plan/tasks/plan.yml, its arguments rendered with Ansible's Templar from
+the inventory's variables) makes the plan; the vllm role's drop-in and
+environment templates are rendered from it; the ExecStart= line is split as
+systemd splits it and the environment file read as systemd reads it; each
+instance's arguments and environment are then compared with the plan's own
+figures, field by field (the acceptance test of "one plan, one launch").
+The roles also keep no second name for a planned setting.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts, vllm_instances, vllm_launch, vllm_planner
+from ansible_collections.gpufleet.serving.plugins.filter import systemd_exec_start
+from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan as vllm_plan_module
+
+ROOT = Path(__file__).resolve().parents[3]
+LOADER = DataLoader()
+
+
+SNAPSHOT = ROOT / "tests" / "fixtures" / "nvml" / "h200x2-nvlink.nvml.json"
+OMIT = "__omit_place_holder__gpufleet"
+# The tiny model of tests/model/make_tiny_model.py (config.json only: the planner reads nothing else).
+TINY = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "vocab_size": 444,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float32",
+}
+
+
+def yaml_file(rel):
+    return yaml.safe_load((ROOT / rel).read_text()) or {}
+
+
+def molecule_vars(scenario, host):
+    inventory = yaml_file("molecule/%s/molecule.yml" % scenario)["provisioner"]["inventory"]
+    if "links" in inventory:  # the site scenario links the demo inventory's group_vars
+        variables = dict(yaml_file("inventory/demo/group_vars/gpu_servers.yml"))
+        variables.update(yaml_file("molecule/%s/host_vars/%s.yml" % (scenario, host)))
+        return variables
+    variables = dict(inventory["group_vars"]["gpu_servers"])
+    variables.update(inventory.get("host_vars", {}).get(host) or {})
+    return variables
+
+
+INVENTORIES = {
+    "demo/gpu1": lambda: {**yaml_file("inventory/demo/group_vars/gpu_servers.yml"), **yaml_file("inventory/demo/host_vars/gpu1.yml")},
+    "demo/gpu2": lambda: {**yaml_file("inventory/demo/group_vars/gpu_servers.yml"), **yaml_file("inventory/demo/host_vars/gpu2.yml")},
+    "example/gpu": lambda: yaml_file("inventory/example/group_vars/gpu_servers.yml"),
+    "molecule-vllm/t-vllm1": lambda: molecule_vars("vllm", "t-vllm1"),
+    "molecule-vllm/t-vllm2": lambda: molecule_vars("vllm", "t-vllm2"),
+    "molecule-site/t-site-gpu1": lambda: molecule_vars("site", "t-site-gpu1"),
+    "molecule-site/t-site-gpu2": lambda: molecule_vars("site", "t-site-gpu2"),
+}
+
+
+def template(text, variables):
+    return Templar(loader=LOADER, variables=variables).template(trust_as_template(text))
+
+
+def plan_for(inventory, tmp_path):
+    """The plan the plan role makes for these inventory variables (cards: the two-H200 capture)."""
+    tiny = tmp_path / "tiny-model"
+    tiny.mkdir(exist_ok=True)
+    (tiny / "config.json").write_text(json.dumps(TINY))
+    variables = dict(yaml_file("roles/plan/defaults/main.yml"))
+    variables.update(inventory)
+    # Control-node paths of the inventories, pointed at what this test has.
+    if "{{ inventory_dir }}/models/" in str(variables["plan_model_config"]):  # the example inventory's own model files
+        variables["plan_model_config"] = str(ROOT / "inventory" / "example" / "models" / "llama-3.1-8b-instruct")
+    else:
+        variables["plan_model_config"] = str(tiny)
+    variables["plan_nvml_snapshot"] = str(SNAPSHOT)
+    variables["plan_measured"] = ""
+    variables.update(
+        _plan_from_profile=False,
+        _plan_from_snapshot=True,
+        omit=OMIT,
+        ansible_facts={"nvidia_gpus": nvml_facts.facts_from_raw(json.loads(SNAPSHOT.read_text()), "snapshot")},
+    )
+    tasks = yaml_file("roles/plan/tasks/plan.yml")
+    args = next(t["gpufleet.serving.vllm_plan"] for t in tasks if "gpufleet.serving.vllm_plan" in t)
+    rendered = {}
+    for key, value in args.items():
+        value = template(value, variables) if isinstance(value, str) else value
+        if isinstance(value, dict):
+            value = {k: template(v, variables) if isinstance(v, str) else v for k, v in value.items()}
+        if value != OMIT:
+            rendered[key] = value
+    # The module's own argument handling (types, defaults), then its call.
+    spec_types = {"int": int, "float": float, "bool": lambda v: v if isinstance(v, bool) else str(v).lower() in ("true", "yes", "1")}
+    documented = yaml.safe_load(vllm_plan_module.DOCUMENTATION)["options"]
+    for key, value in list(rendered.items()):
+        kind = documented[key].get("type")
+        if kind in spec_types and not isinstance(value, dict):
+            rendered[key] = spec_types[kind](value)
+    launch = {}
+    for key, value in rendered.pop("launch").items():
+        kind = documented["launch"]["suboptions"][key]["type"]
+        launch[key] = spec_types[kind](value) if kind in spec_types else value
+    prefix = rendered.pop("variable_prefix")
+    return vllm_planner.plan(launch=launch, launch_prefix=prefix, **rendered)
+
+
+def render_instance(plan, instance):
+    """The drop-in's ExecStart= words and the environment file's variables, as systemd reads them."""
+    role = ROOT / "roles" / "vllm"
+    variables = dict(LOADER.load_from_file(str(role / "defaults" / "main.yml"), trusted_as_template=True))
+    variables.update(
+        vllm_plan=plan,
+        item=instance,
+        ansible_managed="Ansible managed",
+        __vllm_unit={"checksum": "0123"},
+    )
+    variables.update(LOADER.load_from_file(str(role / "vars" / "main.yml"), trusted_as_template=True))
+    templar = Templar(loader=LOADER, variables=variables)
+    # The collection's filter, called as the template calls it (the test's Templar has no collection loader).
+    text = (role / "templates" / "vllm-launch.conf.j2").read_text()
+    call = "item.argv | gpufleet.serving.systemd_exec_start(_vllm_python)"
+    assert call in text
+    variables["_systemd_exec_start"] = systemd_exec_start.systemd_exec_start
+    templar = Templar(loader=LOADER, variables=variables)
+    dropin = templar.template(trust_as_template(text.replace(call, "_systemd_exec_start(item.argv, _vllm_python)")))
+    env_text = templar.template(trust_as_template((role / "templates" / "vllm.env.j2").read_text()), overrides={"trim_blocks": True, "lstrip_blocks": True})
+    lines = [line for line in dropin.splitlines() if line.startswith("ExecStart=")]
+    assert lines[0] == "ExecStart=", "the drop-in must reset the template's ExecStart="
+    words = vllm_launch.systemd_split(lines[1][len("ExecStart=") :])
+    return words, vllm_instances.parse_env_file(env_text)
+
+
+@pytest.mark.parametrize("name", sorted(INVENTORIES))
+def test_rendered_units_run_what_the_plan_computed(name, tmp_path):
+    plan = plan_for(INVENTORIES[name](), tmp_path)
+    rendered = []
+    for instance in plan["instances"]:
+        words, env = render_instance(plan, instance)
+        python = yaml_file("roles/vllm/defaults/main.yml")["vllm_install_dir"] + "/venv/bin/python"
+        assert words[:3] == [python, "-m", "vllm.entrypoints.openai.api_server"]
+        argv = words[3:]
+        assert argv == instance["argv"]
+        assert env["GPUFLEET_LAUNCH_SHA1"] == instance["launch_sha1"]
+        process_env = {k: v for k, v in env.items() if k not in vllm_launch.RESERVED_ENV or k == "GPUFLEET_PORT"}
+        assert process_env == instance["env"]
+        rendered.append(dict(instance, argv=argv, env=process_env))
+    # Field by field: what the units say against the figures the table prints.
+    assert vllm_launch.launch_mismatches(dict(plan, instances=rendered)) == []
+    for instance in rendered:
+        argv = instance["argv"]
+        assert argv[argv.index("--max-model-len") + 1] == str(plan["max_model_len"])
+        assert argv[argv.index("--max-num-seqs") + 1] == str(plan["max_num_seqs"])
+        if plan["device"] == "cpu":
+            # The plan's KV tokens are the CPU build's KV-cache space over the bytes of a token on each worker.
+            per_token = vllm_planner.kv_bytes_per_token(dict(vllm_planner.describe_model(TINY), kv_bytes=4), plan["tensor_parallel_size"])
+            assert plan["memory"]["kv_tokens_per_instance"] == int(instance["env"]["VLLM_CPU_KVCACHE_SPACE"]) * vllm_planner.GIB // per_token
+            assert argv[argv.index("--dtype") + 1] == plan["dtype"] == "float32"
+            assert "--gpu-memory-utilization" not in argv
+        else:
+            assert argv[argv.index("--gpu-memory-utilization") + 1] == str(plan["gpu_memory_utilization"])
+
+
+def test_the_demo_serves_what_it_plans(tmp_path):
+    """The demo planned bfloat16 and served float32 before: now one dtype, and both topologies."""
+    gpu1 = plan_for(INVENTORIES["demo/gpu1"](), tmp_path)
+    gpu2 = plan_for(INVENTORIES["demo/gpu2"](), tmp_path)
+    assert (gpu1["topology"], gpu2["topology"]) == ("dp", "tp")
+    assert gpu1["dtype"] == gpu2["dtype"] == "float32"
+    assert gpu2["instances"][0]["argv"][gpu2["instances"][0]["argv"].index("--tensor-parallel-size") + 1] == "2"
+    assert gpu1["instances"][0]["argv"][gpu1["instances"][0]["argv"].index("--served-model-name") + 1] == "tiny"
+
+
+# Settings the plan computes with or writes into the launch: no role but the plan role may have a default for them.
+PLANNED_SETTINGS = (
+    "dtype",
+    "max_model_len",
+    "gpu_memory_utilization",
+    "concurrency",
+    "max_num_seqs",
+    "device",
+    "cpu_kvcache_space_gib",
+    "cpu_bind_cores",
+    "enforce_eager",
+    "extra_args",
+    "extra_env",
+    "served_model_name",
+    "model_path",
+    "host",
+    "shutdown_timeout_sec",
+    "http_keepalive_sec",
+    "tensor_parallel_size",
+    "base_port",
+    "topology",
+)
+
+
+# Same words, other meanings.
+NOT_PLAN_SETTINGS = {"bakeoff_concurrency"}  # the load levels the bake-off drives, not the sequences a plan holds
+
+
+@pytest.mark.parametrize("role", sorted(p.name for p in (ROOT / "roles").iterdir() if p.name != "plan"))
+def test_no_role_default_duplicates_a_plan_setting(role):
+    defaults = yaml_file("roles/%s/defaults/main.yml" % role)
+    duplicates = sorted(name for name in defaults if name.split("_", 1)[1] in PLANNED_SETTINGS and name not in NOT_PLAN_SETTINGS)
+    assert duplicates == [], "%s repeats plan settings: %s (set the plan role's plan_* instead)" % (role, duplicates)
+    plan_defaults = yaml_file("roles/plan/defaults/main.yml")
+    for setting in PLANNED_SETTINGS:
+        if setting != "tensor_parallel_size":
+            assert "plan_" + setting in plan_defaults, setting
