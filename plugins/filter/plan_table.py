@@ -16,7 +16,7 @@ description:
   - Turns the plans of many hosts into one table (host, cards, model, topology, weights per card, KV tokens per
     instance, max concurrency), followed by each host's reasons, warnings, or the error that refused it.
   - The input is either a list of rows (dicts with C(host) and C(plan) or C(error)), or a list of host names, in
-    which case O(hostvars) and O(result) say where each host's plan is: the C(gpufleet_plan) the
+    which case O(hostvars) and O(result) say where each host's plan is - the C(gpufleet_plan) the
     C(gpufleet.serving.plan) role publishes (a plan, or C(refused) with the message), or a registered
     M(gpufleet.serving.vllm_plan) result.
 positional: _input, hostvars

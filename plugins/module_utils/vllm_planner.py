@@ -1313,7 +1313,8 @@ def _check_serving_inputs(*, device, cpu_kvcache_space_gib, max_num_seqs, concur
     # vLLM's CPU build reads VLLM_CPU_KVCACHE_SPACE with int(): whole GiB only.
     if isinstance(cpu_kvcache_space_gib, bool) or not isinstance(cpu_kvcache_space_gib, int) or cpu_kvcache_space_gib <= 0:
         raise PlanError(
-            "cpu_kvcache_space_gib", "must be a whole number of GiB, 1 or more (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), not %r" % (cpu_kvcache_space_gib,)
+            "cpu_kvcache_space_gib",
+            "must be a whole number of GiB, 1 or more (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), not %r" % (cpu_kvcache_space_gib,),
         )
     if isinstance(max_num_seqs, bool) or not isinstance(max_num_seqs, int) or max_num_seqs < 0:
         raise PlanError("max_num_seqs", "must be 0 (vLLM's usual 256, or concurrency when larger) or a positive whole number, not %r" % (max_num_seqs,))

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
-from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts, vllm_instances, vllm_launch, vllm_planner
 from ansible_collections.gpufleet.serving.plugins.filter import systemd_exec_start
+from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts, vllm_instances, vllm_launch, vllm_planner
 from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan as vllm_plan_module
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -99,8 +99,8 @@ def plan_for(inventory, tmp_path):
     tasks = yaml_file("roles/plan/tasks/plan.yml")
     args = next(t["gpufleet.serving.vllm_plan"] for t in tasks if "gpufleet.serving.vllm_plan" in t)
     rendered = {}
-    for key, value in args.items():
-        value = template(value, variables) if isinstance(value, str) else value
+    for key, raw in args.items():
+        value = template(raw, variables) if isinstance(raw, str) else raw
         if isinstance(value, dict):
             value = {k: template(v, variables) if isinstance(v, str) else v for k, v in value.items()}
         if value != OMIT:
