@@ -66,12 +66,38 @@ def test_environment_files(host, plan):
         env = host.file("/etc/vllm/%s.env" % inst["name"])
         assert env.mode == 0o640 and env.group == "vllm"
         text = env.content_string
+        # The plan's environment, as it is.
+        for key, value in inst["env"].items():
+            assert "%s=%s\n" % (key, value) in text, key
         assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in text
-        assert "HF_HUB_OFFLINE=1" in text
         assert "VLLM_CPU_OMP_THREADS_BIND=%s" % "|".join(str(g) for g in inst["gpus"]) in text
-        assert "--port %s" % inst["port"] in text
+        assert "GPUFLEET_LAUNCH_SHA1=%s\n" % inst["launch_sha1"] in text
+
+
+def test_each_instance_runs_exactly_the_plans_argument_vector(host, plan):
+    """The plan is the launch: the running API server's command line is the plan's argv, word for word."""
+    for inst in plan["instances"]:
+        dropin = host.file("/etc/systemd/system/vllm@%s.service.d/gpufleet-launch.conf" % inst["name"])
+        assert dropin.exists and dropin.mode == 0o644
+        pid = host.run("systemctl show -P MainPID vllm@%s.service", inst["name"]).stdout.strip()
+        cmdline = host.run("tr '\\0' '\\n' < /proc/%s/cmdline", pid).stdout.splitlines()
+        assert cmdline[1:3] == ["-m", "vllm.entrypoints.openai.api_server"], cmdline
+        assert cmdline[3:] == inst["argv"], (cmdline, inst["argv"])
+        assert cmdline[cmdline.index("--port") + 1] == str(inst["port"])
         if plan["topology"] == "tp":
-            assert "--tensor-parallel-size 2" in text
+            assert cmdline[cmdline.index("--tensor-parallel-size") + 1] == "2"
+
+
+def test_vllm_reports_the_kv_cache_the_plan_predicts(host, plan):
+    """vLLM's own start-up report, recorded by the role beside the plan: within 5% on `dp` and `tp`."""
+    check = plan["check"]
+    assert check["failures"] == [], check
+    assert len(check["instances"]) == len(plan["instances"])
+    for entry in check["instances"]:
+        print("%s vllm@%s: planned %s KV tokens, vLLM reports %s (%s)" % (host.backend.get_hostname(), entry["name"],
+              entry["predicted_kv_tokens"], entry["reported_kv_tokens"], entry["source"]))  # fmt: skip
+        assert entry["reported_kv_tokens"] and entry["predicted_kv_tokens"], entry
+        assert abs(entry["reported_kv_tokens"] / entry["predicted_kv_tokens"] - 1) <= 0.05, entry
 
 
 def test_listens_only_on_loopback(host, plan):
