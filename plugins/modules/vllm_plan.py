@@ -73,7 +73,7 @@ options:
       - Weight precision in memory. V(auto) takes the checkpoint's (a float32 checkpoint is served in 16 bits,
         as vLLM does; a quantized checkpoint's C(quantization_config) gives V(fp8) or V(int4)).
       - V(fp8) is vLLM's on-load FP8 quantization of the linear layers; V(int4) needs an AWQ or GPTQ checkpoint.
-      - The KV cache is planned in the activation dtype (vLLM's C(kv_cache_dtype=auto)): 16 bits, 32 with V(float32).
+      - "The KV cache is planned in the activation dtype (vLLM's C(kv_cache_dtype=auto)), 16 bits or 32 with V(float32)."
       - The launch passes the resolved dtype as C(--dtype) (C(--quantization fp8) for V(fp8) on a 16-bit checkpoint).
       - V(float32) is for vLLM's CPU build (O(device=cpu)); weights and KV cache then take 4 bytes.
     type: str
