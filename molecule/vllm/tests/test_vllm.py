@@ -70,6 +70,7 @@ def test_environment_files(host, plan):
         for key, value in inst["env"].items():
             assert "%s=%s\n" % (key, value) in text, key
         assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in text
+        assert "HF_HUB_OFFLINE=1" in text
         assert "VLLM_CPU_OMP_THREADS_BIND=%s" % "|".join(str(g) for g in inst["gpus"]) in text
         assert "GPUFLEET_LAUNCH_SHA1=%s\n" % inst["launch_sha1"] in text
 
