@@ -12,6 +12,8 @@ test_update_and_faults.py's.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 
 import pytest
@@ -24,6 +26,10 @@ GW, GPU1, GPU2 = "t-site-gw1", "t-site-gpu1", "t-site-gpu2"
 KEY = "demo-key-0123456789"  # the demo inventory's
 SECOND_KEY = "gw-second-key-abcdef"  # host_vars/t-site-gw1.yml
 MODEL = "tiny"
+
+
+def gw_host(name):
+    return testinfra.get_host("podman://" + name)
 
 
 def only_on(host, name):
@@ -244,6 +250,62 @@ def test_rate_limit_answers_429(gw):
     assert set(codes) <= {"200", "429"}, codes
     time.sleep(3)  # let the bucket refill for the tests after this one
     assert chat(gw)[0] == 200
+
+
+# Raw paths that normalise to an allowed one, or that vLLM would read as a
+# prefix of its own (/metrics/...), sent as they are (curl --path-as-is).
+RAW_PATHS = ["/metrics/../v1/models", "/metrics%2F..%2Fv1%2Fmodels", "/metrics/%2e%2e/v1/models", "//v1/models",
+             "/v1//models", "/v1/./models", "/v1/models/..", "/metrics%5c..%5cv1%5cmodels"]
+
+
+@pytest.mark.parametrize("path", RAW_PATHS)
+def test_raw_paths_that_are_not_normal_get_400_at_both_tiers(gw, path):
+    for url in ("http://127.0.0.1", "http://%s:8000" % GPU1):
+        status, body = request(gw, path, url=url, extra="--path-as-is")
+        assert status in (400, 404), (url, path, status, body)
+        assert "vllm:" not in body and "# HELP" not in body, (url, path, body[:200])
+    assert request(gw, path, extra="--path-as-is")[0] == 400
+
+
+def test_keys_compare_exactly(gw):
+    assert chat(gw, key=KEY.upper())[0] == 401
+    assert chat(gw, key=KEY + "x")[0] == 401
+    assert chat(gw, key=KEY[:-1])[0] == 401
+    assert chat(gw, key=KEY)[0] == 200
+
+
+def test_a_clients_request_id_is_not_trusted(gw):
+    status, _body = request(gw, "/v1/models", extra="-H 'X-Request-ID: forged-id-123'")
+    assert status == 200
+    line = gw.run("tail -n 5 /var/log/nginx/gpufleet-access.log").stdout.strip().splitlines()[-1]
+    assert "forged-id-123" not in line, line
+    assert re.search(r"rid=[0-9a-f]{32}$", line), line
+
+
+def test_health_refused_to_an_address_outside_the_fleet(gw):
+    # The podman host is on the fleet network but is no host of the fleet.
+    address = gw.run("getent ahosts %s", GW).stdout.split()[0]
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://%s/health" % address],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert out.stdout == "403", out
+    assert request(gw, "/health", key=None)[0] == 200  # loopback
+    status, _body = request(gw_host(GPU1), "/health", key=None, url="http://%s" % GW)  # a GPU server of the fleet
+    assert status == 200
+
+
+def test_wrong_keys_are_rate_limited(gw):
+    out = gw.run(
+        "seq 100 | xargs -P 10 -I{} curl -s -o /dev/null -w '%%{http_code}\\n' -H %s http://127.0.0.1/v1/models",
+        "Authorization: Bearer guess-{}-0123456789",
+    )
+    codes = out.stdout.split()
+    assert len(codes) == 100, codes
+    assert set(codes) <= {"401", "429"}, codes
+    assert codes.count("401") <= 20, codes  # the burst, plus what the rate lets through meanwhile
+    assert codes.count("429") >= 80, codes
+    time.sleep(3)  # the client's own bucket (gateway_rate_limit) counted the guesses too
+    assert chat(gw)[0] == 200  # a right key is not counted as a failure
+    time.sleep(10)  # the failure bucket drains for the tests after this one
 
 
 # --- failures -------------------------------------------------------------------------

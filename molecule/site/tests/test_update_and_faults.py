@@ -75,7 +75,10 @@ def wait_until(what, predicate, timeout=600, every=3):
 
 
 def instance_serves(container, port):
+    """A one-token completion straight from the instance, with the host's instance key."""
+    key = sh(container, "sed", "-n", "s/^VLLM_API_KEY=//p", "/etc/vllm/instance-api-key").stdout.strip()
     out = sh(container, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", "-H", "content-type: application/json",
+             "-H", "Authorization: Bearer " + key,
              "-d", '{"model": "tiny", "prompt": "ping", "max_tokens": 1}', "http://127.0.0.1:%d/v1/completions" % port, check=False)  # fmt: skip
     return out.stdout == "200"
 

@@ -20,8 +20,12 @@ def plan(host):
     return json.loads(host.file("/etc/vllm/plan.json").content_string)
 
 
+# The instances' key (the vllm role makes it, root-only): vLLM answers /v1 to its holder alone.
+KEY_HEADER = "-H \"Authorization: Bearer $(sed -n 's/^VLLM_API_KEY=//p' /etc/vllm/instance-api-key)\""
+
+
 def post(host, port, path, body, stream=False):
-    cmd = "curl -sS -N --max-time 60 -H 'content-type: application/json' -d %s http://127.0.0.1:%s%s"
+    cmd = "curl -sS -N --max-time 60 " + KEY_HEADER + " -H 'content-type: application/json' -d %s http://127.0.0.1:%s%s"
     out = host.run(cmd, json.dumps(body), str(port), path)
     assert out.rc == 0, out.stderr
     return out.stdout if stream else json.loads(out.stdout)
@@ -35,9 +39,9 @@ def unit_pids(host, unit):
 def wait_ready(host, port, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        out = host.run("curl -s -o /dev/null -w '%%{http_code}' -H 'content-type: application/json' "
-                       "-d '{\"model\": \"%s\", \"prompt\": \"ping\", \"max_tokens\": 1}' "
-                       "http://127.0.0.1:%s/v1/completions" % (MODEL, port))
+        body = json.dumps({"model": MODEL, "prompt": "ping", "max_tokens": 1})
+        out = host.run("curl -s -o /dev/null -w '%%{http_code}' " + KEY_HEADER + " -H 'content-type: application/json' "
+                       "-d %s http://127.0.0.1:%s/v1/completions", body, str(port))  # fmt: skip
         if out.stdout.strip() == "200":
             return
         time.sleep(3)
@@ -152,6 +156,35 @@ def test_unit_properties(host, plan):
     assert props["PrivateTmp"] == "yes"
     assert props["User"] == "vllm"
     assert int(props["StartLimitBurst"]) >= 1
+
+
+def test_v1_needs_the_hosts_instance_key(host, plan):
+    key = host.file("/etc/vllm/instance-api-key")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    assert key.content_string.startswith("VLLM_API_KEY=")
+    body = json.dumps({"model": MODEL, "prompt": "ping", "max_tokens": 1})
+    for inst in plan["instances"]:
+        port = str(inst["port"])
+        for header in ("", "-H 'Authorization: Bearer wrong-key-0123456789'"):
+            out = host.run("curl -s -o /dev/null -w '%%{http_code}' " + header + " -H 'content-type: application/json' "
+                           "-d %s http://127.0.0.1:%s/v1/completions", body, port)  # fmt: skip
+            assert out.stdout == "401", (port, header, out.stdout)
+        # Any local user other than root cannot read the key, so gets nowhere either.
+        out = host.run("runuser -u nobody -- curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%s/v1/models", port)
+        assert out.stdout == "401", out.stdout
+        assert host.run("curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%s/health", port).stdout == "200"
+
+
+def test_kernel_refuses_other_addresses_to_the_units(host, plan):
+    props = host.service("vllm@%s" % plan["instances"][0]["name"]).systemd_properties
+    assert props["IPAddressDeny"].split() == ["0.0.0.0/0", "::/0"], props["IPAddressDeny"]
+    assert "127.0.0.0/8" in props["IPAddressAllow"].split(), props["IPAddressAllow"]
+    # What those two properties do on this host: the cache answers a plain
+    # process, and not one that runs under them.
+    url = "http://t-vllm-cache:8080/"
+    assert host.run("curl -s -o /dev/null -m 10 %s", url).rc == 0
+    fenced = host.run("systemd-run --wait --quiet --pipe -p IPAddressDeny=any -p IPAddressAllow=localhost curl -s -o /dev/null -m 10 %s", url)
+    assert fenced.rc != 0, fenced
 
 
 def test_security_exposure_at_most_3(host, plan):

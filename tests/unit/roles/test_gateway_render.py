@@ -196,13 +196,21 @@ def test_log_format_has_upstream_timings():
 def test_only_listed_paths_are_forwarded_with_keys_and_limits():
     server = server_block(conf("gw1", gateway_api_keys=KEYS, gateway_extra_paths=["/v1/embeddings"]), 80)
     paths = re.findall(r"location = (\S+) \{", server)
-    assert paths == ["/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings"]
-    for path in paths[1:]:
+    assert paths == ["/health", "/_gpufleet_key_check", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings"]
+    check = server[server.index("location = /_gpufleet_key_check {") :]
+    check = check[: check.index("\n    }\n")]
+    assert "internal;" in check and "if ($gpufleet_api_key_ok = 0)" in check and "return 401;" in check
+    for path in paths[2:]:
         body = server[server.index("location = %s {" % path) :]
         body = body[: body.index("\n    }")]
-        assert "if ($gpufleet_api_key_ok = 0)" in body and "return 401;" in body
+        # Limits (preaccess) come before the key check (access): wrong keys are counted.
+        assert "limit_req zone=gpufleet_auth_fail burst=10 nodelay;" in body
         assert "limit_req zone=gpufleet_clients burst=20 nodelay;" in body
+        assert "auth_request /_gpufleet_key_check;" in body
+        assert "return 401" not in body
         assert "proxy_pass http://gpufleet_fleet;" in body
+    assert "limit_req_zone $gpufleet_auth_fail_client zone=gpufleet_auth_fail:10m rate=1r/s;" in conf("gw1", gateway_api_keys=KEYS)
+    assert "limit_conn gpufleet_conn 64;" in server
     assert re.search(r"location / \{\s+return 404;\s+\}", server)
     assert "limit_req_status 429;" in server
 
@@ -213,7 +221,8 @@ def test_api_key_map_and_keys_file():
     assert "map $http_authorization $gpufleet_api_key_ok {\n    default 0;\n    include /etc/nginx/gpufleet/api-keys.map;\n}" in text
     assert not any(key in text for key in KEYS)
     keys = render_file(variables, "api-keys.map.j2")
-    assert [line for line in keys.splitlines() if not line.startswith("#")] == ['"Bearer %s" 1;' % k for k in KEYS]
+    # Case-sensitive regular expressions: a plain map string matches in any case.
+    assert [line for line in keys.splitlines() if not line.startswith("#")] == ['"~^Bearer %s$" 1;' % re.escape(k) for k in KEYS]
 
 
 def test_open_gateway_checks_no_keys():
