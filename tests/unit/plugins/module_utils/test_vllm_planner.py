@@ -56,6 +56,7 @@ PUBLISHED = {
     "Phi-3-mini-4k-instruct": 3.8e9,
     "DeepSeek-V2-Lite": 15.7e9,
     "Qwen3-30B-A3B": 30.5e9,
+    "Qwen3-32B": 32.8e9,
 }
 
 
