@@ -111,7 +111,7 @@ def test_api_keys_only_in_a_private_file(host):
     only_on(host, GW)
     keys = host.file("/etc/nginx/gpufleet/api-keys.map")
     assert keys.mode == 0o600 and keys.user == "root"
-    assert '"Bearer %s" 1;' % KEY in keys.content_string
+    assert '"~^Bearer %s$" 1;' % re.escape(KEY) in keys.content_string
     assert KEY not in host.file("/etc/nginx/conf.d/gpufleet.conf").content_string
     tls_key = host.file("/etc/nginx/gpufleet/tls/gateway.key")
     assert tls_key.mode == 0o600
