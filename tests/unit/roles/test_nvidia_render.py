@@ -128,22 +128,28 @@ def test_mirror_and_own_key():
 
 DRIVER_PACKAGES = [
     # platform, branch, profile, modules -> packages
-    ("debian12", "580", "compute", "open", ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"]),
-    ("debian12", "590", "compute", "proprietary", ["nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced"]),
-    ("debian12", "580", "full", "open", ["nvidia-open", "nvidia-persistenced"]),
-    ("debian12", "580", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced"]),
+    ("debian12", "580", "compute", "open", ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("debian12", "590", "compute", "proprietary", ["nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("debian12", "580", "full", "open", ["nvidia-open", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("debian12", "580", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced", "nvidia-modprobe"]),
     (
         "ubuntu2204",
         "580",
         "compute",
         "open",
-        ["libnvidia-compute-580", "nvidia-dkms-580-open", "nvidia-compute-utils-580", "nvidia-utils-580"],
+        ["libnvidia-compute-580", "nvidia-dkms-580-open", "nvidia-compute-utils-580", "nvidia-utils-580", "nvidia-modprobe"],
     ),
-    ("ubuntu2404", "570", "compute", "proprietary", ["libnvidia-compute-570", "nvidia-dkms-570", "nvidia-compute-utils-570", "nvidia-utils-570"]),
-    ("ubuntu2404", "590", "compute", "open", ["libnvidia-compute", "nvidia-dkms-open", "nvidia-persistenced"]),
-    ("ubuntu2204", "595", "compute", "proprietary", ["libnvidia-compute", "nvidia-dkms", "nvidia-persistenced"]),
-    ("ubuntu2404", "580", "full", "open", ["nvidia-open"]),
-    ("ubuntu2204", "590", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced"]),
+    (
+        "ubuntu2404",
+        "570",
+        "compute",
+        "proprietary",
+        ["libnvidia-compute-570", "nvidia-dkms-570", "nvidia-compute-utils-570", "nvidia-utils-570", "nvidia-modprobe"],
+    ),
+    ("ubuntu2404", "590", "compute", "open", ["libnvidia-compute", "nvidia-dkms-open", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("ubuntu2204", "595", "compute", "proprietary", ["libnvidia-compute", "nvidia-dkms", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("ubuntu2404", "580", "full", "open", ["nvidia-open", "nvidia-modprobe"]),
+    ("ubuntu2204", "590", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced", "nvidia-modprobe"]),
 ]
 
 
