@@ -138,9 +138,7 @@ def test_systemd_analyze_verifies_both_units_together(tmp_path, multicast):
     (dropin / "gpufleet-launch.conf").write_text("[Service]\nExecStart=\nExecStart=%s\n" % shutil.which("true"))
     for unit in (DEVICES_UNIT, "vllm@tp0.service"):
         env = {"SYSTEMD_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin"}
-        out = subprocess.run(
-            ["systemd-analyze", "verify", "--man=no", str(tmp_path / unit)], capture_output=True, text=True, check=False, cwd=tmp_path, env=env
-        )
+        out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True, check=False, cwd=tmp_path, env=env)
         assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
     # Without the nvidia role's unit the vLLM unit does not pass the check the vllm role runs before installing it.
     (tmp_path / DEVICES_UNIT).unlink()
