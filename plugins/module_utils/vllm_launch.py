@@ -42,6 +42,7 @@ DEFAULT_SETTINGS = {
     "shutdown_timeout_sec": 60,
     "http_keepalive_sec": 75,
     "cpu_bind_cores": False,
+    "allreduce_multicast": False,
 }
 SETTING_NAMES = tuple(DEFAULT_SETTINGS)
 
@@ -82,6 +83,20 @@ PLANNED_ENV = {
     "OMP_NUM_THREADS": "{p}cpu_bind_cores",
     "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "{p}http_keepalive_sec",
 }
+# Without allreduce_multicast, a tensor-parallel instance on the cards keeps
+# every all-reduce path that opens NVLink multicast (cuMulticastCreate) off:
+# vLLM's fused all-reduce + RMSNorm (FlashInfer), torch's symmetric memory,
+# NCCL's NVLS and NVSHMEM's. The set that ran on the lent H200s (vLLM 0.26).
+NO_MULTICAST_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
+    "VLLM_ALLREDUCE_USE_FLASHINFER": "0",
+    "VLLM_FLASHINFER_ALLREDUCE_BACKEND": "trtllm",
+}
+NO_MULTICAST_ARGS = ("--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}')
+PLANNED_ENV.update(dict.fromkeys(NO_MULTICAST_ENV, "{p}allreduce_multicast"))
 # Variables the launch and the vllm role write themselves (stale detection reads them).
 RESERVED_ENV = ("GPUFLEET_PORT", "GPUFLEET_UNIT_SHA1", "GPUFLEET_VLLM_PACKAGE", "GPUFLEET_LAUNCH_SHA1")
 # Variables the planner itself puts in an instance's env (kept when a launch is built again).
@@ -148,7 +163,7 @@ def check_settings(settings, prefix=""):
         )
     if not isinstance(out["host"], str) or not HOST_RE.match(out["host"]):
         raise LaunchError("host", "%shost must be an IP address or host name (letters, digits, . : -), not %r" % (prefix, out["host"]))
-    for key in ("enforce_eager", "cpu_bind_cores"):
+    for key in ("enforce_eager", "cpu_bind_cores", "allreduce_multicast"):
         if not isinstance(out[key], bool):
             raise LaunchError(key, "%s%s must be true or false, not %r" % (prefix, key, out[key]))
     if not _is_int(out["shutdown_timeout_sec"]) or out["shutdown_timeout_sec"] < 0:
@@ -274,8 +289,15 @@ def instance_env(plan, instance, settings):
         else:
             env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
             env["OMP_NUM_THREADS"] = "1"
+    if multicast_off(plan, settings):
+        env.update(NO_MULTICAST_ENV)
     env.update(settings["extra_env"])
     return env
+
+
+def multicast_off(plan, settings):
+    """True when this launch turns NVLink multicast off: CUDA, tensor parallel, and allreduce_multicast false."""
+    return plan["device"] == "cuda" and plan["tensor_parallel_size"] > 1 and not settings["allreduce_multicast"]
 
 
 def instance_argv(plan, instance, settings):
@@ -287,6 +309,8 @@ def instance_argv(plan, instance, settings):
         argv.append("--enforce-eager")
     if settings["shutdown_timeout_sec"] > 0:
         argv += ["--shutdown-timeout", str(settings["shutdown_timeout_sec"])]
+    if multicast_off(plan, settings):
+        argv += list(NO_MULTICAST_ARGS)
     return argv + list(settings["extra_args"])
 
 

@@ -218,6 +218,16 @@ options:
         description: With O(device=cpu), pin each worker to the core standing in for its card (C(VLLM_CPU_OMP_THREADS_BIND)).
         type: bool
         default: false
+      allreduce_multicast:
+        description:
+          - Let a tensor-parallel instance on the cards use all-reduce paths that open NVLink multicast (vLLM's fused
+            all-reduce and RMSNorm through FlashInfer, symmetric memory, NCCL NVLS).
+          - V(false) turns them off with C(--compilation-config) (C(fuse_allreduce_rms) false) and C(NCCL_NVLS_ENABLE=0),
+            C(TORCH_SYMM_MEM_DISABLE_MULTICAST=1), C(NVSHMEM_DISABLE_NVLS=1), C(VLLM_ALLREDUCE_USE_SYMM_MEM=0),
+            C(VLLM_ALLREDUCE_USE_FLASHINFER=0), C(VLLM_FLASHINFER_ALLREDUCE_BACKEND=trtllm); without tensor parallel
+            nothing changes.
+        type: bool
+        default: false
   variable_prefix:
     description:
       - Prefix of the setting names in the messages of a refused launch (the C(gpufleet.serving.plan) role passes
@@ -478,6 +488,7 @@ LAUNCH_SPEC = dict(
     shutdown_timeout_sec=dict(type="int", default=DEFAULT_SETTINGS["shutdown_timeout_sec"]),
     http_keepalive_sec=dict(type="int", default=DEFAULT_SETTINGS["http_keepalive_sec"]),
     cpu_bind_cores=dict(type="bool", default=DEFAULT_SETTINGS["cpu_bind_cores"]),
+    allreduce_multicast=dict(type="bool", default=DEFAULT_SETTINGS["allreduce_multicast"]),
 )
 
 

@@ -11,7 +11,8 @@ same flat layout NVIDIA serves:
 
 The packages carry NVIDIA's real names, versions and source package names but
 hold only a marker file, except nvidia-persistenced, which ships a systemd unit
-that really runs. The key is made here, so its fingerprint is not NVIDIA's: it
+that really runs, and nvidia-modprobe, which fails if anything runs it (the
+role's device unit must be skipped on a host without a GPU). The key is made here, so its fingerprint is not NVIDIA's: it
 is written to ROOT/fingerprint for the scenario to pass to the role.
 
 usage: python3 make_repo.py ROOT
@@ -52,6 +53,13 @@ ExecStart=/usr/bin/nvidia-persistenced --verbose
 WantedBy=multi-user.target
 """
 
+MODPROBE_BIN = """\
+#!/bin/sh
+# Stand-in for NVIDIA's nvidia-modprobe: this host has no GPU, nothing may run it.
+echo "nvidia-modprobe stand-in: no NVIDIA GPU on this host" >&2
+exit 1
+"""
+
 PERSISTENCED_BIN = """\
 #!/bin/sh
 # Stand-in for NVIDIA's persistence daemon: it only stays alive.
@@ -67,6 +75,11 @@ def stand_ins():
         yield {**driver, "Package": "nvidia-kernel-open-dkms"}, {}
         yield {**driver, "Package": "nvidia-kernel-dkms"}, {}
         yield {**driver, "Package": "nvidia-driver-cuda", "Depends": f"libcuda1 (= {version})"}, {}
+        # The device unit runs it; on the scenario's host (no GPU) that unit must be skipped, so the stand-in fails if run.
+        yield (
+            {"Source": "nvidia-modprobe", "Version": version, "Package": "nvidia-modprobe"},
+            {"usr/bin/nvidia-modprobe": (0o755, MODPROBE_BIN)},
+        )
         yield (
             {"Source": "nvidia-persistenced", "Version": version, "Package": "nvidia-persistenced"},
             {

@@ -11,6 +11,7 @@ EXPECTED = {
     "nvidia-driver-cuda": "580.95.05-1",
     "nvidia-kernel-open-dkms": "580.95.05-1",
     "nvidia-persistenced": "580.95.05-1",
+    "nvidia-modprobe": "580.95.05-1",
     "cuda-toolkit-12-8": "12.8.0-1",
 }
 
@@ -104,3 +105,20 @@ def test_persistenced_unit_really_runs(host):
 
 def test_no_module_loaded(host):
     assert not host.file("/sys/module/nvidia").exists
+
+
+def test_device_unit_installed_enabled_and_skipped_without_gpu(host):
+    unit = host.file("/etc/systemd/system/gpufleet-nvidia-devices.service")
+    assert unit.mode == 0o644
+    assert "ConditionPathExists=/etc/modules-load.d/gpufleet-nvidia.conf\n" in unit.content_string
+    # No card on the PCI bus: no card node, only /dev/nvidiactl and nvidia-uvm.
+    assert "ExecStart=/usr/bin/nvidia-modprobe -c=255\n" in unit.content_string
+    assert host.service("gpufleet-nvidia-devices").is_enabled
+    # No GPU here: the role loads no NVIDIA module at boot, so the unit's condition skips it.
+    assert not host.file("/etc/modules-load.d/gpufleet-nvidia.conf").exists
+    assert host.run("systemd-analyze verify gpufleet-nvidia-devices.service").rc == 0
+    assert host.run("systemctl start gpufleet-nvidia-devices.service").rc == 0
+    shown = host.check_output("systemctl show -p ConditionResult -p Result -p ActiveState gpufleet-nvidia-devices.service")
+    assert "ConditionResult=no" in shown
+    assert "Result=success" in shown
+    assert host.run("systemctl is-failed gpufleet-nvidia-devices.service").rc != 0

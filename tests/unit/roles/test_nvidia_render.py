@@ -46,6 +46,7 @@ def role_vars(platform, arch="x86_64", **overrides):
     variables["role_path"] = str(ROLE)
     variables["ansible_managed"] = "Ansible managed"
     variables["ansible_check_mode"] = False
+    variables["inventory_hostname"] = "gpu1"
     return variables
 
 
@@ -128,22 +129,28 @@ def test_mirror_and_own_key():
 
 DRIVER_PACKAGES = [
     # platform, branch, profile, modules -> packages
-    ("debian12", "580", "compute", "open", ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"]),
-    ("debian12", "590", "compute", "proprietary", ["nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced"]),
-    ("debian12", "580", "full", "open", ["nvidia-open", "nvidia-persistenced"]),
-    ("debian12", "580", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced"]),
+    ("debian12", "580", "compute", "open", ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("debian12", "590", "compute", "proprietary", ["nvidia-driver-cuda", "nvidia-kernel-dkms", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("debian12", "580", "full", "open", ["nvidia-open", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("debian12", "580", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced", "nvidia-modprobe"]),
     (
         "ubuntu2204",
         "580",
         "compute",
         "open",
-        ["libnvidia-compute-580", "nvidia-dkms-580-open", "nvidia-compute-utils-580", "nvidia-utils-580"],
+        ["libnvidia-compute-580", "nvidia-dkms-580-open", "nvidia-compute-utils-580", "nvidia-utils-580", "nvidia-modprobe"],
     ),
-    ("ubuntu2404", "570", "compute", "proprietary", ["libnvidia-compute-570", "nvidia-dkms-570", "nvidia-compute-utils-570", "nvidia-utils-570"]),
-    ("ubuntu2404", "590", "compute", "open", ["libnvidia-compute", "nvidia-dkms-open", "nvidia-persistenced"]),
-    ("ubuntu2204", "595", "compute", "proprietary", ["libnvidia-compute", "nvidia-dkms", "nvidia-persistenced"]),
-    ("ubuntu2404", "580", "full", "open", ["nvidia-open"]),
-    ("ubuntu2204", "590", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced"]),
+    (
+        "ubuntu2404",
+        "570",
+        "compute",
+        "proprietary",
+        ["libnvidia-compute-570", "nvidia-dkms-570", "nvidia-compute-utils-570", "nvidia-utils-570", "nvidia-modprobe"],
+    ),
+    ("ubuntu2404", "590", "compute", "open", ["libnvidia-compute", "nvidia-dkms-open", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("ubuntu2204", "595", "compute", "proprietary", ["libnvidia-compute", "nvidia-dkms", "nvidia-persistenced", "nvidia-modprobe"]),
+    ("ubuntu2404", "580", "full", "open", ["nvidia-open", "nvidia-modprobe"]),
+    ("ubuntu2204", "590", "full", "proprietary", ["cuda-drivers", "nvidia-persistenced", "nvidia-modprobe"]),
 ]
 
 
@@ -346,3 +353,52 @@ def test_activation_decision(probe, installed, reboot, load):
     assert variables["_nvidia_reboot_needed"] is reboot
     assert variables["_nvidia_load_module"] is load
     assert variables["_nvidia_gpu_present"] is (any(line.startswith("gpu=") for line in probe) or any(line.startswith("nvidia=") for line in probe))
+
+
+def when_holds(variables, rel, name):
+    entry = task(rel, name)
+    return Templar(loader=LOADER, variables=variables).evaluate_conditional(entry["when"])
+
+
+def test_boot_modules_and_device_unit_on_a_gpu_host():
+    variables = activation(PROBE_H200X2, "580.159.04-0ubuntu1")
+    assert int(variables["_nvidia_device_cards"]) == 2
+    modules = render_template(variables, "gpufleet-nvidia-modules.conf.j2").splitlines()
+    assert modules[0].startswith("#")
+    assert [line for line in modules if not line.startswith("#")] == ["nvidia", "nvidia-uvm"]
+    assert when_holds(variables, "tasks/configure.yml", "Load nvidia and nvidia-uvm at boot")
+    assert not when_holds(variables, "tasks/configure.yml", "Load no NVIDIA module at boot on a host without an NVIDIA GPU")
+    assert when_holds(variables, "tasks/configure.yml", "Make the NVIDIA device nodes")
+    unit = render_template(variables, "gpufleet-nvidia-devices.service.j2")
+    assert "ExecStart=/usr/bin/nvidia-modprobe -c=255 -c=0 -c=1\n" in unit
+    assert "ExecStart=/usr/bin/nvidia-modprobe -u -c=0\n" in unit
+    assert "ConditionPathExists=/etc/modules-load.d/gpufleet-nvidia.conf\n" in unit
+
+
+@pytest.mark.parametrize(
+    ("probe", "installed"),
+    [
+        ([], "580.95.05-1"),  # no GPU: the molecule host
+        (PROBE_H200X2, "580.172.08-0ubuntu1"),  # a reboot is pending: the old module cannot take the new nvidia-uvm
+    ],
+)
+def test_device_nodes_are_not_made_now(probe, installed):
+    variables = activation(probe, installed)
+    assert not when_holds(variables, "tasks/configure.yml", "Make the NVIDIA device nodes")
+    assert when_holds(variables, "tasks/configure.yml", "Load nvidia and nvidia-uvm at boot") is bool(probe)
+
+
+def test_the_device_unit_is_installed_and_enabled_everywhere():
+    # No when: on a host without a GPU the unit's condition (the modules file) skips it at boot.
+    assert "when" not in task("tasks/configure.yml", "Install the unit that makes the NVIDIA device nodes")
+    enable = task("tasks/configure.yml", "Enable the device unit at boot")
+    assert enable["ansible.builtin.systemd_service"]["enabled"] is True
+
+
+def test_more_cards_than_one_call_can_make_are_refused():
+    variables = {**activation(PROBE_H200X2, "580.159.04-0ubuntu1"), "_nvidia_device_cards": 64}
+    check = task("tasks/configure.yml", "Check the number of device nodes to make")["ansible.builtin.assert"]
+    templar = Templar(loader=LOADER, variables=variables)
+    assert not templar.evaluate_conditional(check["that"])
+    assert "makes at most 63 card nodes" in " ".join(templar.template(check["fail_msg"]).split())
+    assert Templar(loader=LOADER, variables={**variables, "_nvidia_device_cards": 63}).evaluate_conditional(check["that"])

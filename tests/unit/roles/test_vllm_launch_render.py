@@ -207,6 +207,7 @@ PLANNED_SETTINGS = (
     "tensor_parallel_size",
     "base_port",
     "topology",
+    "allreduce_multicast",
 )
 
 
