@@ -129,7 +129,7 @@ def pattern(regex, what, empty=False, secret=False):
     def check(value):
         if empty and value == "":
             return None
-        if isinstance(value, str) and regex.match(value) and "\n" not in value:
+        if isinstance(value, str) and regex.fullmatch(value) and "\n" not in value:
             return None
         shown = "the value given" if secret else _show(value)
         return "must be %s%s, not %s" % (what, " (or empty)" if empty else "", shown)
@@ -149,7 +149,7 @@ def server_path(*under, empty=False):
             return None
         where = " under %s" % " or ".join(under) if under else ""
         must = "an absolute path%s of letters, digits and . _ + @ / - (no '..', no whitespace)" % where
-        if not isinstance(value, str) or not SERVER_PATH_RE.match(value) or len(value) > 255 or "\n" in value:
+        if not isinstance(value, str) or not SERVER_PATH_RE.fullmatch(value) or len(value) > 255 or "\n" in value:
             return "must be %s, not %s" % (must, _show(value))
         parts = value.split("/")
         if ".." in parts or "." in parts or "//" in value:
@@ -183,7 +183,7 @@ def hostname_ok(value):
     except ValueError:
         pass
     labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
-    return all(LABEL_RE.match(label) for label in labels) and not labels[-1].isdigit()
+    return all(LABEL_RE.fullmatch(label) for label in labels) and not labels[-1].isdigit()
 
 
 def host(empty=False):
@@ -242,7 +242,7 @@ def url(*schemes, empty=False):
         if empty and value == "":
             return None
         must = "a %s URL without spaces, quotes or control characters" % "/".join(schemes)
-        if not isinstance(value, str) or len(value) > 2048 or not URL_CHARS_RE.match(value):
+        if not isinstance(value, str) or len(value) > 2048 or not URL_CHARS_RE.fullmatch(value):
             return "must be %s%s, not %s" % (must, " (or empty)" if empty else "", _show(value))
         try:
             parts = urlsplit(value)
@@ -274,7 +274,7 @@ def host_port(value):
 def nginx_time(low_s, high_s):
     def check(value):
         text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        match = TIME_RE.match(text) if isinstance(text, str) else None
+        match = TIME_RE.fullmatch(text) if isinstance(text, str) else None
         seconds = int(match.group(1)) * TIME_UNITS[match.group(2)] if match else -1
         if not match or not low_s <= seconds <= high_s:
             return "must be an nginx time such as 5s, 10m or 1h (a bare number is seconds) from %gs to %gs, not %s" % (low_s, high_s, _show(value))
@@ -285,7 +285,7 @@ def nginx_time(low_s, high_s):
 
 def nginx_size(low, high):
     def check(value):
-        match = SIZE_RE.match(value) if isinstance(value, str) else None
+        match = SIZE_RE.fullmatch(value) if isinstance(value, str) else None
         size = int(match.group(1)) * SIZE_UNITS[(match.group(2) or "").lower() or None] if match else -1
         if not match or not low <= size <= high:
             return "must be an nginx size such as 512k, 16m or 1g from %d to %d bytes, not %s" % (low, high, _show(value))
@@ -298,7 +298,7 @@ def rate(empty=False):
     def check(value):
         if empty and value == "":
             return None
-        if isinstance(value, str) and RATE_RE.match(value):
+        if isinstance(value, str) and RATE_RE.fullmatch(value):
             return None
         return "must be a rate such as 10r/s or 600r/m%s, not %s" % (" (or empty to turn it off)" if empty else "", _show(value))
 
@@ -309,7 +309,7 @@ def server_names(value):
     if value == "_":
         return None
     names = value.split(" ") if isinstance(value, str) else []
-    if not names or len(names) > 16 or not all(SERVER_NAME_RE.match(n) for n in names):
+    if not names or len(names) > 16 or not all(SERVER_NAME_RE.fullmatch(n) for n in names):
         return (
             "must be '_' or up to 16 host names separated by single spaces (letters, digits, '.', '-', '_', a leading '*.' or a "
             "trailing '.*'; no ';', braces, quotes or regular expressions), not %s" % _show(value)
@@ -359,15 +359,45 @@ def record(fields, required=()):
             return "must be a mapping with %s, not %s" % (", ".join(fields), _show(value))
         unknown = sorted(str(k) for k in value if k not in fields)
         if unknown:
-            return "has unknown keys %s (known: %s)" % (", ".join(unknown), ", ".join(fields))
+            return "must not have the keys %s (known: %s)" % (", ".join(unknown), ", ".join(fields))
         for key in required:
             if key not in value:
-                return "needs the key %s: %s" % (key, _show(value))
+                return "must have the key %s: %s" % (key, _show(value))
         for key, check in fields.items():
             if key in value:
                 problem = check(value[key])
                 if problem:
                     return "%s %s" % (key, problem)
+        return None
+
+    return checker
+
+
+def distinct(check, *keys):
+    """A list check, then: no two entries share the value of any of `keys`."""
+
+    def checker(value):
+        problem = check(value)
+        if problem:
+            return problem
+        for key in keys:
+            seen = [repr(item.get(key)) for item in value if key in item]
+            if len(set(seen)) != len(seen):
+                return "must give every entry its own %s" % key
+        return None
+
+    return checker
+
+
+def no_parent(check):
+    """A string check, then: no '..' path component."""
+
+    def checker(value):
+        problem = check(value)
+        if problem:
+            return problem
+        if ".." in re.split(r"[/\\]", value):
+            return "must not climb out of its directory with '..', not %s" % _show(value)
         return None
 
     return checker
@@ -399,10 +429,10 @@ SCHEMAS = {
         "gateway_server_port": port(1),
         "gateway_server_listen_address": address(empty=True),
         "gateway_server_allow": list_of(network),
-        "gateway_instances": list_of(GATEWAY_INSTANCE),
+        "gateway_instances": distinct(list_of(GATEWAY_INSTANCE), "name", "port"),
         "gateway_plan_path": server_path("/etc/", "/var/lib/", "/srv/", "/opt/"),
         "gateway_instance_keepalive_timeout": integer(1, 3600),
-        "gateway_backends": list_of(GATEWAY_BACKEND, max_items=4096),
+        "gateway_backends": distinct(list_of(GATEWAY_BACKEND, max_items=4096), "name"),
         "gateway_http_port": port(1),
         "gateway_https_port": port(1),
         "gateway_listen_ipv6": boolean,
@@ -417,9 +447,9 @@ SCHEMAS = {
         "gateway_max_fails": integer(0, 1000),
         "gateway_fail_timeout": integer(1, 86400),
         "gateway_next_upstream_tries": integer(0, 1000),
-        "gateway_connect_timeout": nginx_time(1, 300),
-        "gateway_read_timeout": nginx_time(1, 86400),
-        "gateway_send_timeout": nginx_time(1, 86400),
+        "gateway_connect_timeout": nginx_time(0.001, 300),
+        "gateway_read_timeout": nginx_time(0.001, 86400),
+        "gateway_send_timeout": nginx_time(0.001, 86400),
         "gateway_client_max_body_size": nginx_size(1024, 1024**3),
         "gateway_extra_paths": list_of(pattern(URL_PATH_RE, "an absolute URL path of letters, digits and . _ ~ / -")),
         "gateway_require_api_key": boolean,
@@ -461,7 +491,7 @@ SCHEMAS = {
         "vllm_model_src": control_path(),
         "vllm_model_repo_id": pattern(REPO_ID_RE, "a hub repository id such as meta-llama/Llama-3.1-8B-Instruct", empty=True),
         "vllm_model_url": url("http", "https", empty=True),
-        "vllm_model_revision": pattern(REVISION_RE, "a branch, tag or commit of letters, digits and . _ / -"),
+        "vllm_model_revision": no_parent(pattern(REVISION_RE, "a branch, tag or commit of letters, digits and . _ / -")),
         "vllm_hf_token": pattern(TOKEN_RE, "a token of printable characters without whitespace", empty=True, secret=True),
         "vllm_api_key": pattern(re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$"), "a key of 16-512 letters, digits and . _ ~ + / = -", True, True),
         "vllm_limit_nofile": integer(1024, 1048576),
@@ -546,10 +576,10 @@ SCHEMAS = {
         "artifact_cache_model_src": control_path(),
         "artifact_cache_model_manifest_src": control_path(),
         "artifact_cache_model_repo_id": pattern(REPO_ID_RE, "a hub repository id such as meta-llama/Llama-3.1-8B-Instruct", empty=True),
-        "artifact_cache_model_revision": pattern(REVISION_RE, "a branch, tag or commit of letters, digits and . _ / -"),
+        "artifact_cache_model_revision": no_parent(pattern(REVISION_RE, "a branch, tag or commit of letters, digits and . _ / -")),
         "artifact_cache_hf_token": pattern(TOKEN_RE, "a token of printable characters without whitespace", empty=True, secret=True),
         "artifact_cache_hf_endpoint": url("https", "http"),
-        "artifact_cache_model_patterns": list_of(pattern(GLOB_RE, "a file pattern of letters, digits and * ? . _ [ ] / -"), max_items=64),
+        "artifact_cache_model_patterns": list_of(no_parent(pattern(GLOB_RE, "a file pattern of letters, digits and * ? . _ [ ] / -")), max_items=64),
         "artifact_cache_files": list_of(
             record(
                 {"url": url("http", "https"), "name": name, "checksum": pattern(CHECKSUM_RE, '"sha256:" and 64 lower-case hex digits')},
@@ -649,7 +679,7 @@ def role_input_problems(role, values):
         try:
             problem = check(values[key])
         except (TypeError, ValueError, AttributeError, RecursionError) as exc:
-            problem = "could not be read (%s)" % type(exc).__name__
+            problem = "must be a plain value of the documented type; it could not be read (%s)" % type(exc).__name__
         if problem:
             problems.append("%s %s." % (key, problem))
     if role in CROSS_CHECKS:
