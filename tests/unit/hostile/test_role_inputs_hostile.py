@@ -33,13 +33,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible.inventory.manager import InventoryManager
 from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar
-from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
-from ansible.vars.manager import VariableManager
 from ansible_collections.gpufleet.serving.plugins.module_utils import role_inputs
 
 # Importing a filter plugin marks the process as the controller (see
@@ -328,6 +323,13 @@ def _host_variables(inventory_path):
 
 
 def _dump_inventory(inventory_path):
+    # Controller code, imported only in the script's own process (see above).
+    from ansible.inventory.manager import InventoryManager  # noqa: PLC0415
+    from ansible.parsing.dataloader import DataLoader  # noqa: PLC0415
+    from ansible.template import Templar  # noqa: PLC0415
+    from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder  # noqa: PLC0415
+    from ansible.vars.manager import VariableManager  # noqa: PLC0415
+
     _AnsibleCollectionFinder(paths=[str(ROOT / "collections")])._install()
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources=[inventory_path])
