@@ -497,5 +497,14 @@ def test_e2e_play_fails_at_the_preflight_with_the_variable_named(e2e_results, in
     assert after == before
 
 
+def test_a_plan_the_planner_refuses_fails_with_its_reason(tmp_path):
+    """Past the schema, the planner's own refusal reaches the play output (not a templating error)."""
+    (tmp_path / "hosts.yml").write_text(INVENTORY.format(python=sys.executable))
+    rc, output = _run_case(str(tmp_path), 0, ("plan", "main", "plan", {"plan_max_model_len": 9_000_000}, "plan_max_model_len"))
+    assert rc == 2, output[-3000:]
+    assert "Fail a host whose plan was refused" in output
+    assert re.search(r"max_position_embeddings 131072 .*\(set plan_max_model_len\)", " ".join(output.split())), output[-3000:]
+
+
 if __name__ == "__main__":
     _dump_inventory(sys.argv[1])
