@@ -1,6 +1,7 @@
 # Copyright (c) 2026, gpufleet.serving contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
+
 """The roles' inputs, checked before a role touches a host.
 
 Each role has a schema: variable name -> a check. A check takes the value and
