@@ -8,9 +8,9 @@ Three tables:
   filter must return a problem that starts with that variable's name. The
   column `before` says what refused the value before the schema existed:
   "spec" (meta/argument_specs.yml, computed here), "preflight" (an older
-  assert of tasks/preflight.yml), "module" (a module later in the role,
-  still before any change), or "" (accepted, the value reached a template,
-  unit, path or argument vector).
+  assert of tasks/preflight.yml), "module" (the planner module later in the
+  plan role, still before any change; measured with ansible-playbook), or ""
+  (accepted: the value went on to a template, unit, path or argument vector).
 - the good side: every role's defaults, merged with the variables of every
   host of the repository's inventories (inventory/, the molecule scenarios),
   templated as Ansible would, give no problem at all.
@@ -120,17 +120,17 @@ BAD = [
     ("plan", "plan_host", "0.0.0.0", ""),
     ("plan", "plan_host", "10.0.0.5", ""),
     ("plan", "plan_served_model_name", "tiny model", "module"),
-    ("plan", "plan_served_model_name", "a/../../etc", ""),
+    ("plan", "plan_served_model_name", "a/../../etc", "module"),
     ("plan", "plan_max_model_len", -5, ""),
     ("plan", "plan_gpu_count", 1000, ""),
     ("plan", "plan_base_port", 80, "module"),
-    ("plan", "plan_gpu_memory_utilization", float("inf"), ""),
-    ("plan", "plan_extra_args", ["--foo bar"], "module"),
+    ("plan", "plan_gpu_memory_utilization", float("inf"), "module"),
+    ("plan", "plan_extra_args", ["--foo bar"], ""),
     ("plan", "plan_extra_env", {"A B": "x"}, "module"),
     ("plan", "plan_extra_env", {"HF_HOME": "x\ny"}, "module"),
-    ("plan", "plan_model_path", "/var/lib/vllm/models/../../../etc", ""),
-    ("plan", "plan_model_config", "/models/tiny\n", ""),
-    ("plan", "plan_shutdown_timeout_sec", -1, ""),
+    ("plan", "plan_model_path", "/var/lib/vllm/models/../../../etc", "module"),
+    ("plan", "plan_model_config", "/models/tiny\n", "module"),
+    ("plan", "plan_shutdown_timeout_sec", -1, "module"),
     ("plan", "plan_single_endpoint", "yes", ""),
     ("plan", "plan_dtype", "float64", "spec"),
     # --- nvidia: apt pins, sources, units -------------------------------------------
