@@ -73,7 +73,9 @@ def assert_results(variables):
     results = []
     for entry in tasks("tasks/preflight.yml"):
         args = entry.get("ansible.builtin.assert")
-        if args is None:
+        # The schema check (role_input_problems) needs Ansible's plugin loader:
+        # tests/unit/hostile/test_role_inputs_hostile.py runs it for real.
+        if args is None or entry["name"] == "Check the role's inputs":
             continue
         when = entry.get("when")
         if when is not None and not templar.evaluate_conditional(when):
