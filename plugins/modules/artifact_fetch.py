@@ -270,7 +270,7 @@ def fetch_model(module, writer, deadline):
     wanted = plan_model_fetch(dest, manifest, params["hash_files"])
     writer.directory(dest)
     fetched = []
-    for name, dummy, entry in wanted:
+    for name, _path, entry in wanted:
         fetched.append(name)
         if module.check_mode:
             continue
