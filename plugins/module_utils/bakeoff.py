@@ -256,8 +256,7 @@ def render_markdown(report):
     lines = [
         "# Bake-off on %s" % report["host"],
         "",
-        "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s."
-        % (
+        "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s." % (
             report["measured_at"],
             report["model"],
             _dtype_words(report["dtype"], s.get("served_dtype")),

@@ -1195,7 +1195,8 @@ def _plan(
             )
         chosen = "vllm_dp"
         reasons.append(
-            "topology vllm_dp %s: one vLLM with --data-parallel-size %d%s on one port." % (forced_by, n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
+            "topology vllm_dp %s: one vLLM with --data-parallel-size %d%s on one port."
+            % (forced_by, n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
         )
     elif topology == "tp":
         if n < 2:
