@@ -494,9 +494,12 @@ class Deadline:
 def read_bounded(stream, limit, deadline, what):
     """All bytes of stream, refused beyond limit bytes or past the deadline."""
     chunks, total = [], 0
+    # read1 returns what has arrived, so that the deadline is checked between
+    # every few bytes of a cache that trickles, not only after a whole block.
+    read = getattr(stream, "read1", stream.read)
     while True:
         deadline.check(what)
-        block = stream.read(min(_CHUNK, limit + 1 - total))
+        block = read(min(_CHUNK, limit + 1 - total))
         if not block:
             return b"".join(chunks)
         total += len(block)
@@ -509,9 +512,10 @@ def copy_verified(stream, handle, entry, deadline, what):
     """Copy stream into handle, hashing as it goes; ArtifactError unless exactly entry's size and sha256."""
     size, sha256 = entry["size"], entry["sha256"]
     digest, total = hashlib.sha256(), 0
+    read = getattr(stream, "read1", stream.read)
     while True:
         deadline.check(what)
-        block = stream.read(min(_CHUNK, size + 1 - total))
+        block = read(min(_CHUNK, size + 1 - total))
         if not block:
             break
         total += len(block)
