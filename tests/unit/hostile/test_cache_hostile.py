@@ -30,9 +30,7 @@ def run_module(name, args, tmp_path):
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, _ansible_tmpdir=str(tmp_path))}))
     env = dict(os.environ, PYTHONPATH=str(ROOT / "collections"))
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", MODULES + name, str(args_file)], capture_output=True, text=True, timeout=LIMIT_S, env=env, check=False
-        )
+        run = subprocess.run([sys.executable, "-m", MODULES + name, str(args_file)], capture_output=True, text=True, timeout=LIMIT_S, env=env, check=False)
     except subprocess.TimeoutExpired:
         return "hang", ""
     if "Traceback" in run.stderr or "Traceback" in run.stdout:
