@@ -16,7 +16,7 @@ description:
   - With O(kind=file), fetches one file (the hash-pinned C(requirements.txt)) into memory, bounded by O(max_size), checks
     its sha256 against O(sha256), and only then writes it to O(dest) (atomically, and only when it differs).
   - With O(kind=model), fetches the manifest at C(<url>.manifest.json), checks its sha256 against O(sha256), checks
-    every file name in it (confined to O(dest): no C(..), no absolute path, no whitespace or control character, no
+    every file name in it (confined to O(dest), with no C(..), no absolute path, no whitespace or control character, no
     symbolic link out of O(dest)), and only then downloads each file that O(dest) lacks or holds in another version into
     a hidden temporary file beside it, checks its size and sha256 against the manifest, and moves it into place.
     Finally checks the safetensors headers and C(model.safetensors.index.json) and keeps the manifest at O(manifest_dest).
