@@ -3,6 +3,7 @@ fleet pins, the fleet fetches exactly those bytes, and a second run changes noth
 
 from __future__ import annotations
 
+import functools
 import grp
 import hashlib
 import http.server
@@ -20,6 +21,11 @@ from ansible_collections.gpufleet.serving.plugins.modules import artifact_fetch,
 def safetensors(data):
     raw = json.dumps({"a": {"dtype": "F32", "shape": [len(data) // 4], "data_offsets": [0, len(data)]}}).encode()
     return struct.pack("<Q", len(raw)) + raw + data
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
 def run(capsys, module, args, check_mode=False):
@@ -44,9 +50,7 @@ def served(tmp_path):
     wheels = root / "pip" / "wheels"
     wheels.mkdir(parents=True)
     (wheels / "idna-3.10-py3-none-any.whl").write_bytes(b"idna")
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **k)  # noqa: E731
-    handler.log_message = None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, "http://127.0.0.1:%d" % server.server_address[1]
     server.shutdown()
