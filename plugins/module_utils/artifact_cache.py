@@ -19,15 +19,30 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import html
+import ipaddress
 import json
 import os
 import re
+import stat
 import struct
+import time
 
 MANIFEST_VERSION = 1
 _CHUNK = 1 << 20
-# PEP 427: {distribution}-{version}(-{build tag})?-{python tag}-{abi tag}-{platform tag}.whl
-_WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+# Bounds on what is read or trusted: a manifest, a listing or an index file is
+# at most this large, lists this many files, and no file is larger than 16 TiB.
+MAX_JSON_BYTES = 64 << 20
+MAX_FILES = 100000
+MAX_FILE_SIZE = 1 << 44
+MAX_NAME = 1024
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# One path component of a served file: no separator, no whitespace, no control
+# or shell character, not hidden (the cache skips hidden files; the clients
+# keep their temporary files under hidden names).
+_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_+=@,-][A-Za-z0-9._+=@,-]{0,254}$")
+# PEP 427: {distribution}-{version}(-{build tag})?-{python tag}-{abi tag}-{platform tag}.whl,
+# each part in the characters PEP 427 and PEP 440 allow.
+_WHEEL_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[A-Za-z0-9_.+!]+)(-\d[A-Za-z0-9_.]*)?-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+\.whl$")
 
 
 class ArtifactError(ValueError):
@@ -41,10 +56,55 @@ def normalize_project(name):
 
 def parse_wheel_filename(filename):
     """(normalised project, version) of a wheel file name, or ArtifactError."""
-    match = _WHEEL_RE.match(os.path.basename(filename))
-    if not match:
-        raise ArtifactError("%s is not a wheel file name (PEP 427)" % filename)
+    if not isinstance(filename, str) or not _WHEEL_RE.match(filename) or len(filename) > 255:
+        raise ArtifactError("%r is not a wheel file name (PEP 427: name-version-python-abi-platform.whl, no path)" % (filename,))
+    match = _WHEEL_RE.match(filename)
     return normalize_project(match.group("name")), match.group("version")
+
+
+def check_name(name, what="file name"):
+    """name as a relative path confined to its directory, or ArtifactError.
+
+    Components of letters, digits and ._+=@,- only (so no '..', no absolute
+    path, no backslash, whitespace or control character, nothing hidden).
+    """
+    if not isinstance(name, str) or not name:
+        raise ArtifactError("%s %r is not a non-empty string" % (what, name))
+    if len(name) > MAX_NAME:
+        raise ArtifactError("%s %r... is longer than %d characters" % (what, name[:40], MAX_NAME))
+    for part in name.split("/"):
+        if part in ("", ".", "..") or not _COMPONENT_RE.match(part):
+            raise ArtifactError(
+                "%s %r is refused: each part of a path must be letters, digits or ._+=@,- and not start with '.'"
+                " (no '..', no absolute path, no whitespace or control character)" % (what, name)
+            )
+    return name
+
+
+def confined_path(root, name, what="file name"):
+    """The real path of name under root, refused when it (or a link on its way) leads out of root."""
+    check_name(name, what)
+    base = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(base, name))
+    if os.path.commonpath([base, full]) != base or full == base:
+        raise ArtifactError("%s %r leads out of %s (through a symbolic link)" % (what, name, root))
+    return full
+
+
+def check_sha256(value, what):
+    if not isinstance(value, str) or not _SHA256_RE.match(value):
+        raise ArtifactError("%s must be a sha256 of 64 lowercase hex digits, not %r" % (what, value))
+    return value
+
+
+def _check_size(value, what):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FILE_SIZE:
+        raise ArtifactError("%s must be a whole number of bytes from 0 to %d, not %r" % (what, MAX_FILE_SIZE, value))
+    return value
+
+
+def sha256_bytes(data):
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path):
@@ -55,17 +115,97 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
+def _open_regular(path, what):
+    """An open binary handle on path, a regular file (a FIFO or device is refused, never waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ArtifactError("%s %s cannot be read: %s" % (what, path, exc.strerror or exc)) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArtifactError("%s %s is not a regular file" % (what, path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def parse_json(raw, what):
+    """JSON of raw bytes, bounded in size and depth, or ArtifactError."""
+    if len(raw) > MAX_JSON_BYTES:
+        raise ArtifactError("%s is larger than %d bytes" % (what, MAX_JSON_BYTES))
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError("%s is not JSON: %s" % (what, exc)) from exc
+    except RecursionError as exc:
+        raise ArtifactError("%s is nested too deeply" % what) from exc
+
+
+def read_json(path, what="JSON file"):
+    """JSON of a regular file of at most MAX_JSON_BYTES."""
+    with _open_regular(path, what) as handle:
+        raw = handle.read(MAX_JSON_BYTES + 1)
+    return parse_json(raw, "%s %s" % (what, path))
+
+
+def validate_manifest(data, kind, require_sha256=False, what="the manifest"):
+    """A manifest checked in shape, names, sizes and hashes, or ArtifactError naming the entry.
+
+    Wheels must be wheel file names (no path); model files relative paths
+    confined to the model directory.
+    """
+    if kind not in ("wheels", "model"):
+        raise ArtifactError("kind must be wheels or model, not %r" % (kind,))
+    if not isinstance(data, dict):
+        raise ArtifactError("%s is a JSON %s, not an object with kind and files" % (what, type(data).__name__))
+    if data.get("kind") != kind:
+        raise ArtifactError("%s is a manifest of %r, not %s" % (what, data.get("kind"), kind))
+    files = data.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError("%s has no files (an object of name: {size, sha256})" % what)
+    if len(files) > MAX_FILES:
+        raise ArtifactError("%s lists %d files, more than %d" % (what, len(files), MAX_FILES))
+    for name, entry in files.items():
+        if kind == "wheels":
+            parse_wheel_filename(name)
+        else:
+            check_name(name, "%s: file name" % what)
+        if not isinstance(entry, dict):
+            raise ArtifactError("%s: the entry of %s is not an object with size and sha256" % (what, name))
+        _check_size(entry.get("size"), "%s: the size of %s" % (what, name))
+        if "sha256" in entry or require_sha256:
+            check_sha256(entry.get("sha256"), "%s: the sha256 of %s" % (what, name))
+    requirements = data.get("requirements", [])
+    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
+        raise ArtifactError("%s: requirements must be a list of strings" % what)
+    return data
+
+
 def _walk(root):
-    """Relative paths of the regular files under root, sorted; hidden entries skipped."""
+    """Relative paths of the regular files under root, sorted; hidden entries skipped.
+
+    A symbolic link is followed only when it stays under root; one that leads
+    out of it is refused, so that nothing outside the cache is recorded or served.
+    """
+    base = os.path.realpath(root)
     found = []
     for here, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
+        for name in list(dirs) + files:
             if name.startswith("."):
                 continue
             full = os.path.join(here, name)
-            if os.path.isfile(full):
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if os.path.commonpath([base, target]) != base:
+                    raise ArtifactError("%s is a symbolic link out of %s (to %s)" % (os.path.relpath(full, root), root, target))
+        for name in files:
+            full = os.path.join(here, name)
+            if not name.startswith(".") and os.path.isfile(full):
                 found.append(os.path.relpath(full, root))
+        if len(found) > MAX_FILES:
+            raise ArtifactError("%s holds more than %d files" % (root, MAX_FILES))
     return sorted(found)
 
 
@@ -80,6 +220,9 @@ def build_manifest(root, kind, requirements=None):
         paths = [p for p in paths if p.endswith(".whl") and "/" not in p]
         for path in paths:
             parse_wheel_filename(path)
+    else:
+        for path in paths:
+            check_name(path, "%s: file name" % root)
     if not paths:
         raise ArtifactError("%s holds no %s" % (root, "wheels" if kind == "wheels" else "files"))
     manifest = {
@@ -100,11 +243,15 @@ def check_files(root, manifest, hash_files=True):
     """Problems (strings) of the files under root against the manifest; [] when they match.
 
     Sizes are always compared; sha256 too unless hash_files is false (a quick
-    check of files already verified).
+    check of files already verified). Every name must stay under root.
     """
     problems = []
     for rel, entry in sorted(manifest["files"].items()):
-        path = os.path.join(root, rel)
+        try:
+            path = confined_path(root, rel)
+        except ArtifactError as exc:
+            problems.append(str(exc))
+            continue
         if not os.path.isfile(path):
             problems.append("%s: missing" % rel)
             continue
@@ -115,6 +262,23 @@ def check_files(root, manifest, hash_files=True):
         if hash_files and entry.get("sha256") and sha256_file(path) != entry["sha256"]:
             problems.append("%s: sha256 differs from the manifest" % rel)
     return problems
+
+
+def fill_sha256(root, manifest):
+    """The manifest with a sha256 for every file (hashing the files that have none): the
+    fleet checks every file it fetches by hash, git files of a hub repository too."""
+    files = {}
+    for rel, given in manifest["files"].items():
+        entry = dict(given)
+        if not entry.get("sha256"):
+            entry["sha256"] = sha256_file(confined_path(root, rel))
+        files[rel] = entry
+    return dict(manifest, files=files)
+
+
+def manifest_text(manifest):
+    """The manifest as the cache writes and serves it (its sha256 is what the fleet pins)."""
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
 
 
 def _wheel_projects(manifest):
@@ -175,38 +339,59 @@ def simple_index(manifest, wheels_url):
 def manifest_from_hub_listing(listing, patterns=None):
     """A model manifest from the Hugging Face API's model info with blobs
     (GET /api/models/<repo>/revision/<rev>?blobs=true): sizes of every file,
-    sha256 of the LFS ones; only files matching one of patterns when given."""
+    sha256 of the LFS ones; only files matching one of patterns when given.
+    Every file name must stay inside the model directory."""
+    if not isinstance(listing, dict):
+        raise ArtifactError("the repository listing is a JSON %s, not an object with siblings" % type(listing).__name__)
     siblings = listing.get("siblings")
     if not isinstance(siblings, list) or not siblings:
         raise ArtifactError("the repository listing has no files (siblings); was it fetched with ?blobs=true?")
+    if len(siblings) > MAX_FILES:
+        raise ArtifactError("the repository listing has %d files, more than %d" % (len(siblings), MAX_FILES))
     files = {}
     for sibling in siblings:
+        if not isinstance(sibling, dict):
+            raise ArtifactError("a listing entry is not an object: %r" % (sibling,))
         name = sibling.get("rfilename")
         if not name:
             raise ArtifactError("a listing entry has no rfilename: %r" % (sibling,))
+        check_name(name, "the repository listing: file name")
         if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         lfs = sibling.get("lfs") or {}
+        if not isinstance(lfs, dict):
+            raise ArtifactError("the repository listing: lfs of %s is not an object" % name)
         size = lfs.get("size", sibling.get("size"))
         if size is None:
             raise ArtifactError("%s has no size in the listing; was it fetched with ?blobs=true?" % name)
-        entry = {"size": int(size)}
+        entry = {"size": _check_size(size, "the repository listing: the size of %s" % name)}
         if lfs.get("sha256"):
-            entry["sha256"] = lfs["sha256"]
+            entry["sha256"] = check_sha256(lfs["sha256"], "the repository listing: the sha256 of %s" % name)
         files[name] = entry
     if not files:
         raise ArtifactError("no file of the repository listing matches %s" % ", ".join(patterns or []))
     manifest = {"version": MANIFEST_VERSION, "kind": "model", "files": files}
-    if listing.get("id"):
-        manifest["repo_id"] = listing["id"]
-    if listing.get("sha"):
-        manifest["revision"] = listing["sha"]
+    for key, field in (("repo_id", "id"), ("revision", "sha")):
+        if isinstance(listing.get(field), str) and listing[field]:
+            manifest[key] = listing[field]
     return manifest
+
+
+def _offsets(info, name, path):
+    offsets = info.get("data_offsets") if isinstance(info, dict) else None
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_FILE_SIZE for x in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise ArtifactError("%s: tensor %s has no data_offsets [start, end] of whole bytes with start <= end: %r" % (path, name, offsets))
+    return offsets
 
 
 def safetensors_layout(path):
     """(tensor data bytes, expected file size) from a safetensors header."""
-    with open(path, "rb") as handle:
+    with _open_regular(path, "safetensors file") as handle:
         raw = handle.read(8)
         if len(raw) != 8:
             raise ArtifactError("%s: shorter than a safetensors header" % path)
@@ -218,17 +403,41 @@ def safetensors_layout(path):
         raise ArtifactError("%s: truncated inside the safetensors header" % path)
     try:
         tensors = json.loads(header.decode("utf-8"))
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError("%s: safetensors header is not JSON (%s)" % (path, exc)) from exc
+    except RecursionError as exc:
+        raise ArtifactError("%s: safetensors header is nested too deeply" % path) from exc
+    if not isinstance(tensors, dict):
+        raise ArtifactError("%s: safetensors header is not a JSON object" % path)
     data = 0
     end = 0
     for name, info in tensors.items():
         if name == "__metadata__":
             continue
-        start, stop = info["data_offsets"]
+        start, stop = _offsets(info, name, path)
         data += stop - start
         end = max(end, stop)
     return data, 8 + header_len + end
+
+
+def _read_index(root):
+    """(shards the weight map names, total_size or None) of model.safetensors.index.json."""
+    index = read_json(os.path.join(root, "model.safetensors.index.json"), "model.safetensors.index.json")
+    if not isinstance(index, dict):
+        raise ArtifactError("model.safetensors.index.json is not a JSON object")
+    weight_map = index.get("weight_map") or {}
+    metadata = index.get("metadata") or {}
+    if not isinstance(weight_map, dict) or not isinstance(metadata, dict):
+        raise ArtifactError("model.safetensors.index.json: weight_map and metadata must be objects")
+    shards = sorted(set(weight_map.values()) if all(isinstance(v, str) for v in weight_map.values()) else [])
+    if len(shards) != len(set(weight_map.values())):
+        raise ArtifactError("model.safetensors.index.json: every weight_map value must be a shard file name")
+    for shard in shards:
+        check_name(shard, "model.safetensors.index.json: shard")
+    total = metadata.get("total_size")
+    if total is not None:
+        _check_size(total, "model.safetensors.index.json: total_size")
+    return shards, total
 
 
 def check_model_layout(root):
@@ -249,19 +458,144 @@ def check_model_layout(root):
         if actual != expected:
             problems.append("%s: %d bytes, its header describes %d" % (rel, actual, expected))
         data_by_shard[rel] = data
-    index_path = os.path.join(root, "model.safetensors.index.json")
-    if os.path.isfile(index_path):
-        with open(index_path) as handle:
-            index = json.load(handle)
-        named = sorted(set((index.get("weight_map") or {}).values()))
+    if os.path.lexists(os.path.join(root, "model.safetensors.index.json")):
+        try:
+            named, total = _read_index(root)
+        except ArtifactError as exc:
+            return [*problems, str(exc)]
         for shard in named:
             if shard not in data_by_shard and not any(p.startswith(shard + ":") for p in problems):
                 problems.append("model.safetensors.index.json names %s, which is not there" % shard)
-        total = (index.get("metadata") or {}).get("total_size")
         if total is not None and all(s in data_by_shard for s in named):
             data = sum(data_by_shard[s] for s in named)
-            if data != int(total):
-                problems.append("the shards hold %d bytes of tensors, model.safetensors.index.json says %d" % (data, int(total)))
+            if data != total:
+                problems.append("the shards hold %d bytes of tensors, model.safetensors.index.json says %d" % (data, total))
     elif not shards:
         problems.append("no *.safetensors file")
     return problems
+
+
+# --- the fleet's side: fetching from the cache ------------------------------------
+
+
+class Deadline:
+    """A point in time after which a fetch gives up (a cache that trickles bytes is not waited on forever)."""
+
+    def __init__(self, seconds, clock=time.monotonic):
+        self.clock = clock
+        self.end = clock() + seconds
+        self.seconds = seconds
+
+    def check(self, what):
+        if self.clock() > self.end:
+            raise ArtifactError("%s: not done within %d s (the deadline); is the cache overloaded or slowed down?" % (what, self.seconds))
+
+
+def read_bounded(stream, limit, deadline, what):
+    """All bytes of stream, refused beyond limit bytes or past the deadline."""
+    chunks, total = [], 0
+    # read1 returns what has arrived, so that the deadline is checked between
+    # every few bytes of a cache that trickles, not only after a whole block.
+    read = getattr(stream, "read1", stream.read)
+    while True:
+        deadline.check(what)
+        block = read(min(_CHUNK, limit + 1 - total))
+        if not block:
+            return b"".join(chunks)
+        total += len(block)
+        if total > limit:
+            raise ArtifactError("%s is larger than %d bytes" % (what, limit))
+        chunks.append(block)
+
+
+def copy_verified(stream, handle, entry, deadline, what):
+    """Copy stream into handle, hashing as it goes; ArtifactError unless exactly entry's size and sha256."""
+    size, sha256 = entry["size"], entry["sha256"]
+    digest, total = hashlib.sha256(), 0
+    read = getattr(stream, "read1", stream.read)
+    while True:
+        deadline.check(what)
+        block = read(min(_CHUNK, size + 1 - total))
+        if not block:
+            break
+        total += len(block)
+        if total > size:
+            raise ArtifactError("%s: the cache sent more than the %d bytes the pinned manifest gives" % (what, size))
+        digest.update(block)
+        handle.write(block)
+    if total != size:
+        raise ArtifactError("%s: the cache sent %d bytes, the pinned manifest gives %d" % (what, total, size))
+    if digest.hexdigest() != sha256:
+        raise ArtifactError("%s: sha256 %s differs from the pinned manifest's %s" % (what, digest.hexdigest(), sha256))
+
+
+def verify_pinned(raw, pinned, what):
+    """raw, when its sha256 is the pinned one; otherwise ArtifactError saying so."""
+    actual = sha256_bytes(raw)
+    if actual != pinned:
+        raise ArtifactError(
+            "%s has sha256 %s, but the cache pinned %s when it was filled: it was changed on the cache or on the way;"
+            " nothing was written or installed" % (what, actual, pinned)
+        )
+    return raw
+
+
+def plan_model_fetch(root, manifest, hash_files=True):
+    """[(name, real path, entry)] of the manifest's files that root lacks or holds in another
+    version; ArtifactError when a name leads out of root or a non-file is in the way."""
+    wanted = []
+    for name, entry in sorted(manifest["files"].items()):
+        path = confined_path(root, name)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise ArtifactError("%s: %s is in the way and is not a regular file" % (name, path))
+        if os.path.isfile(path) and os.path.getsize(path) == entry["size"] and (not hash_files or sha256_file(path) == entry["sha256"]):
+            continue
+        wanted.append((name, path, entry))
+    return wanted
+
+
+# --- who may fetch from the cache --------------------------------------------------
+
+LOOPBACK = ["127.0.0.1", "::1"]
+
+
+def parse_allow_entry(entry, what="artifact_cache_allow"):
+    """An address or CIDR range in canonical form, or ArtifactError naming the entry."""
+    if not isinstance(entry, str) or not entry or len(entry) > 64:
+        raise ArtifactError("%s: %r is not an address or CIDR range" % (what, entry))
+    try:
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError as exc:
+        raise ArtifactError("%s: %r is not an address or CIDR range (for example 10.0.0.0/24 or 10.0.0.7): %s" % (what, entry, exc)) from exc
+    if network.prefixlen == 0:
+        raise ArtifactError("%s: %r lets in every address; name the fleet's networks instead" % (what, entry))
+    if network.num_addresses == 1:
+        return str(network.network_address)
+    return str(network)
+
+
+def allow_list(explicit, host_addresses):
+    """Who may fetch from the cache: loopback, and explicit (when given) or else the
+    addresses of the hosts the cache serves ({host: [address, ...]}).
+    Returns (sorted entries, hosts without an address)."""
+    if not isinstance(explicit, list):
+        raise ArtifactError("artifact_cache_allow must be a list of addresses or CIDR ranges, not %r" % (explicit,))
+    entries = set(LOOPBACK)
+    missing = []
+    if explicit:
+        entries.update(parse_allow_entry(e) for e in explicit)
+    else:
+        for host, addresses in sorted(host_addresses.items()):
+            usable = []
+            for address in addresses or []:
+                try:
+                    parsed = ipaddress.ip_address(address)
+                except ValueError:
+                    continue
+                if not parsed.is_link_local and not parsed.is_unspecified:
+                    usable.append(str(parsed))
+            if usable:
+                entries.update(usable)
+            else:
+                missing.append(host)
+    return sorted(entries, key=lambda e: (":" in e, ipaddress.ip_network(e, strict=False))), missing

@@ -17,6 +17,12 @@ description:
   - For wheels, may write a PEP 503 simple index and a hash-pinned requirements file that the fleet installs
     with C(pip --require-hashes).
   - Fails, naming every file that differs, when the files do not match.
+  - File names must stay inside O(path) (no C(..), no absolute path, no whitespace or control character, no
+    symbolic link out of it); wheel names must be PEP 427 names. A model manifest that was not made from a hub
+    listing must give the sha256 of every file; one made from a listing gets the sha256 of the files the listing
+    gives only a size for, hashed here after their sizes matched.
+  - Returns the sha256 of the manifest and of the requirements file as written, for the fleet to pin
+    (the C(gpufleet.serving.artifact_fetch) module refuses anything the cache serves that differs from them).
 options:
   path:
     description: Directory holding the wheels (directly in it) or the model.
@@ -104,6 +110,16 @@ manifest_requirements:
   type: list
   elements: str
   sample: ["vllm==0.33.0"]
+manifest_sha256:
+  description: The sha256 of the manifest file as the cache serves it.
+  returned: success
+  type: str
+  sample: 9f2c4e0d1c8e5b7a6f3d2e1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a
+requirements_sha256:
+  description: The sha256 of the requirements file written into O(index_dir) (wheels with O(index_dir)); empty otherwise.
+  returned: success
+  type: str
+  sample: 3b1f0c2d4e5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c
 problems:
   description: What differs from the manifest (the module fails when any).
   returned: failure
@@ -112,7 +128,6 @@ problems:
   sample: ["torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl: sha256 differs from the manifest"]
 """
 
-import json
 import os
 import tempfile
 
@@ -122,33 +137,96 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.artifact_cache im
     build_manifest,
     check_files,
     check_model_layout,
+    fill_sha256,
     manifest_bytes,
     manifest_from_hub_listing,
+    manifest_text,
+    read_json,
     requirements_lock,
+    sha256_bytes,
     simple_index,
+    validate_manifest,
 )
-
-
-def _read_json(path):
-    with open(path) as handle:
-        return json.load(handle)
 
 
 def _write(module, path, content):
     """Write content to path atomically; True when it changed."""
-    if os.path.isfile(path):
-        with open(path) as handle:
-            if handle.read() == content:
+    if os.path.isfile(path) and not os.path.islink(path):
+        with open(path, "rb") as handle:
+            if handle.read(len(content.encode()) + 1) == content.encode():
                 return False
     if module.check_mode:
         return True
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
-    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     module.atomic_move(tmp, path)
     return True
+
+
+def _manifest(module, params):
+    """(manifest, its text, created) after every file was checked against it; ArtifactError otherwise."""
+    if params["hub_listing"]:
+        listing = read_json(params["hub_listing"], "hub_listing")
+        manifest = manifest_from_hub_listing(listing, params["patterns"])
+        problems = check_files(params["path"], manifest, params["hash_files"])
+        if problems:
+            return manifest, None, problems
+        manifest = fill_sha256(params["path"], manifest)
+        return manifest, manifest_text(manifest), []
+    if os.path.lexists(params["manifest"]):
+        manifest = validate_manifest(
+            read_json(params["manifest"], "manifest"), params["kind"], require_sha256=params["kind"] == "model", what=params["manifest"]
+        )
+        with open(params["manifest"], "rb") as handle:
+            text = handle.read().decode("utf-8")
+        return manifest, text, check_files(params["path"], manifest, params["hash_files"])
+    if not params["create"]:
+        raise ArtifactError("the manifest %s does not exist (and create is false)" % params["manifest"])
+    manifest = build_manifest(params["path"], params["kind"], params["requirements"])
+    return manifest, manifest_text(manifest), []
+
+
+def run(module):
+    params = module.params
+    if not os.path.isdir(params["path"]):
+        raise ArtifactError("%s is not a directory" % params["path"])
+    if params["hub_listing"] and params["kind"] != "model":
+        raise ArtifactError("hub_listing describes a model: use it with kind=model")
+    created = not params["hub_listing"] and not os.path.lexists(params["manifest"])
+    manifest, text, problems = _manifest(module, params)
+    if params["kind"] == "model":
+        problems += check_model_layout(params["path"])
+    if problems:
+        module.fail_json(
+            msg="%s does not match %s: %s" % (params["path"], params["manifest"], "; ".join(problems[:20])),
+            problems=problems,
+        )
+    changed = False
+    if params["hub_listing"] or created:
+        changed |= _write(module, params["manifest"], text)
+    requirements_sha256 = ""
+    if params["kind"] == "wheels" and params["index_dir"]:
+        lock = requirements_lock(manifest)
+        requirements_sha256 = sha256_bytes(lock.encode())
+        changed |= _write(module, os.path.join(params["index_dir"], "requirements.txt"), lock)
+        for rel, page in sorted(simple_index(manifest, params["wheels_url"]).items()):
+            changed |= _write(module, os.path.join(params["index_dir"], "simple", rel), page)
+    module.exit_json(
+        changed=changed,
+        created=created,
+        files=len(manifest["files"]),
+        bytes=manifest_bytes(manifest),
+        manifest_requirements=manifest.get("requirements", []),
+        manifest_sha256=sha256_bytes(text.encode()),
+        requirements_sha256=requirements_sha256,
+    )
 
 
 def main():
@@ -167,44 +245,12 @@ def main():
         ),
         supports_check_mode=True,
     )
-    params = module.params
-    changed = False
-    created = False
     try:
-        if params["hub_listing"]:
-            manifest = manifest_from_hub_listing(_read_json(params["hub_listing"]), params["patterns"])
-            changed |= _write(module, params["manifest"], json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        elif os.path.isfile(params["manifest"]):
-            manifest = _read_json(params["manifest"])
-        elif params["create"]:
-            manifest = build_manifest(params["path"], params["kind"], params["requirements"])
-            changed |= _write(module, params["manifest"], json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-            created = True
-        else:
-            module.fail_json(msg="%s does not exist (and create is false)" % params["manifest"])
-        if manifest.get("kind") != params["kind"]:
-            module.fail_json(msg="%s is a manifest of %s, not %s" % (params["manifest"], manifest.get("kind"), params["kind"]))
-        problems = [] if created else check_files(params["path"], manifest, params["hash_files"])
-        if params["kind"] == "model":
-            problems += check_model_layout(params["path"])
-        if problems:
-            module.fail_json(
-                msg="%s does not match %s: %s" % (params["path"], params["manifest"], "; ".join(problems[:20])),
-                problems=problems,
-            )
-        if params["kind"] == "wheels" and params["index_dir"]:
-            changed |= _write(module, os.path.join(params["index_dir"], "requirements.txt"), requirements_lock(manifest))
-            for rel, page in sorted(simple_index(manifest, params["wheels_url"]).items()):
-                changed |= _write(module, os.path.join(params["index_dir"], "simple", rel), page)
-    except (ArtifactError, OSError, ValueError, KeyError) as exc:
-        module.fail_json(msg="%s: %s" % (params["path"], exc))
-    module.exit_json(
-        changed=changed,
-        created=created,
-        files=len(manifest["files"]),
-        bytes=manifest_bytes(manifest),
-        manifest_requirements=manifest.get("requirements", []),
-    )
+        run(module)
+    except (ArtifactError, OSError, UnicodeDecodeError) as exc:
+        module.fail_json(msg="artifact_manifest of %s: %s" % (module.params["path"], exc))
+    except Exception as exc:  # any other failure is reported, never a traceback
+        module.fail_json(msg="artifact_manifest of %s failed unexpectedly (%s: %s)" % (module.params["path"], type(exc).__name__, exc))
 
 
 if __name__ == "__main__":

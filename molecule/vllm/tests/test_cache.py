@@ -126,3 +126,119 @@ def test_a_failing_host_stops_the_rollout_after_its_batch(tmp_path):
     assert "ok: [t-vllm1]" in vllm_play
     assert "t-vllm2" not in vllm_play.split("PLAY RECAP")[0], "the second batch ran"
     assert "PLAY [Put nginx in front" not in out
+
+
+# --- pins, confined names, access by default ----------------------------------------
+
+GPU = testinfra.get_host("podman://t-vllm1")
+CACHE_ROOT = "/srv/gpufleet-cache"
+
+
+def _sha256(host, path):
+    out = host.run("sha256sum %s", path)
+    assert out.rc == 0, out.stderr
+    return out.stdout.split()[0]
+
+
+def _site(tmp_path, tags, extra_vars):
+    """site.yml against t-vllm1 alone, only the stages tagged (the plan first, as site.yml does)."""
+    config = yaml.safe_load((SCENARIO / "molecule.yml").read_text().replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT)))
+    inventory = config["provisioner"]["inventory"]
+    hosts = {
+        "all": {
+            "vars": {"ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3", **inventory["group_vars"]["all"]},
+            "children": {"gpu_servers": {"hosts": {"t-vllm1": inventory["host_vars"]["t-vllm1"]}, "vars": inventory["group_vars"]["gpu_servers"]}},
+        }
+    }
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(hosts))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "facts"))
+    argv = [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(path), str(ROOT / "site.yml"), "--tags", tags, "--limit", "t-vllm1"]
+    for key, value in extra_vars.items():
+        argv += ["-e", "%s=%s" % (key, value)]
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return run.returncode, run.stdout + run.stderr
+
+
+def _gpu_state():
+    """What a refused fetch must leave alone on the GPU server: the venv, the model, the requirements file."""
+    listing = GPU.run(
+        "find /opt/vllm /var/lib/vllm/models -name __pycache__ -prune -o -printf '%%p %%s %%m %%g %%T@\\n' | sort"
+        " && sha256sum /opt/vllm/requirements.txt /var/lib/vllm/models/tiny/* /var/lib/vllm/models/tiny.manifest.json"
+    )
+    assert listing.rc == 0, listing.stderr
+    return listing.stdout
+
+
+def test_a_tampered_requirements_file_or_manifest_on_the_cache_is_refused_and_changes_nothing(tmp_path):
+    """The pins travel in the play (here: computed from the cache's files before they are altered, as the
+    cache's role did when it filled the cache); the GPU server refuses what differs before writing anything."""
+    requirements = CACHE_ROOT + "/pip/requirements.txt"
+    manifest = CACHE_ROOT + "/models/tiny.manifest.json"
+    pins = {"vllm_pip_requirements_sha256": _sha256(CACHE, requirements), "vllm_model_manifest_sha256": _sha256(CACHE, manifest)}
+    before = _gpu_state()
+    assert CACHE.run("cp -p %s /tmp/req.orig && cp -p %s /tmp/manifest.orig", requirements, manifest).rc == 0
+    try:
+        # A requirements file that also installs something else, and a manifest with one more file.
+        assert CACHE.run("printf 'evil==1.0 --hash=sha256:%%064d\\n' 0 >> %s", requirements).rc == 0
+        rc, out = _site(tmp_path, "plan,vllm_plan,vllm_preflight,vllm_install", pins)
+        assert rc != 0, out
+        assert "requirements.txt has sha256" in out and "nothing was written or installed" in out, out[-3000:]
+        assert CACHE.run("cp -p /tmp/req.orig %s", requirements).rc == 0
+        assert CACHE.run("sed -i 's/\"kind\": \"model\"/\"kind\": \"model\", \"x\": 1/' %s", manifest).rc == 0
+        rc, out = _site(tmp_path, "plan,vllm_plan,vllm_model", pins)
+        assert rc != 0, out
+        assert "the model manifest http://t-vllm-cache:8080/models/tiny.manifest.json has sha256" in out, out[-3000:]
+    finally:
+        CACHE.run("cp -p /tmp/req.orig %s; cp -p /tmp/manifest.orig %s", requirements, manifest)
+    assert _gpu_state() == before
+    assert GPU.run("find / -xdev -name '.gpufleet-tmp-*' -print -quit").stdout == ""
+    # Restored, the same run passes and changes nothing.
+    rc, out = _site(tmp_path, "plan,vllm_plan,vllm_model", pins)
+    assert rc == 0 and "changed=0" in out.split("PLAY RECAP")[1], out[-3000:]
+
+
+def test_a_name_out_of_the_model_directory_is_refused(tmp_path):
+    """Even with its pin right, a manifest naming ../ is refused before anything is written."""
+    manifest = json.dumps({"version": 1, "kind": "model", "files": {"../../../../tmp/evil": {"size": 1, "sha256": "0" * 64}}})
+    path = CACHE_ROOT + "/models/evil.manifest.json"
+    assert CACHE.run("printf '%%s' %s > %s", manifest, path).rc == 0
+    try:
+        pin = _sha256(CACHE, path)
+        env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+        args = "kind=model url=http://t-vllm-cache:8080/models/evil dest=/var/lib/vllm/models/evil sha256=%s" % pin
+        run = subprocess.run(
+            [str(ROOT / ".venv/bin/ansible"), "-i", "t-vllm1,", "-c", "containers.podman.podman", "-e", "ansible_python_interpreter=/usr/bin/python3",
+             "t-vllm1", "-m", "gpufleet.serving.artifact_fetch", "-a", args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        CACHE.run("rm -f %s", path)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "'../../../../tmp/evil' is refused" in out, out
+    assert not GPU.file("/var/lib/vllm/models/evil").exists and not GPU.file("/tmp/evil").exists
+
+
+def test_the_cache_serves_only_the_fleet():
+    """The podman host is not in the fleet: the cache's nginx answers it 403 and apt-cacher-ng refuses it,
+    while a GPU server is served by both."""
+    address = subprocess.run(
+        ["podman", "inspect", "t-vllm-cache", "--format", '{{(index .NetworkSettings.Networks "gpufleet-test-vllm").IPAddress}}'],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert address
+    outside = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://%s:8080/pip/requirements.txt" % address],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert outside.stdout == "403"
+    acng = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://%s:3142/acng-report.html" % address],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert acng.stdout in ("000", "403"), acng.stdout
+    # testinfra formats the command only when it is given arguments: a single % here.
+    inside = GPU.run("curl -s -o /dev/null -w '%{http_code}' --max-time 10 http://t-vllm-cache:3142/acng-report.html")
+    assert inside.stdout not in ("000", "403"), inside.stdout
+    assert GPU.run("curl -s -o /dev/null -w '%{http_code}' --max-time 10 http://t-vllm-cache:8080/pip/requirements.txt").stdout == "200"
+    assert "apt-cacher-ng: ALL" in CACHE.file("/etc/hosts.deny").content_string

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 
@@ -197,3 +198,44 @@ def test_hub_listing_keeps_only_the_files_asked_for(model_dir):
     assert len(manifest["files"]) == 4
     with pytest.raises(ac.ArtifactError, match="no file of the repository listing matches"):
         ac.manifest_from_hub_listing(listing, ["*.gguf"])
+
+
+@pytest.mark.parametrize("name", ["config.json", "original/params.json", "a_b-c+d=e@f,g.json"])
+def test_names_inside_the_directory_are_kept(tmp_path, name):
+    assert ac.confined_path(str(tmp_path), name) == str(tmp_path.resolve() / name)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", ".hidden", "a b", "a\nb", "a\\b", "", "x" * 2000, 5])
+def test_names_out_of_the_directory_or_odd_are_refused(tmp_path, name):
+    with pytest.raises(ac.ArtifactError):
+        ac.confined_path(str(tmp_path), name)
+
+
+def test_a_link_out_of_the_directory_is_refused(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "sub").symlink_to(tmp_path)
+    with pytest.raises(ac.ArtifactError, match="leads out of"):
+        ac.confined_path(str(tmp_path / "root"), "sub/x")
+    with pytest.raises(ac.ArtifactError, match="symbolic link out of"):
+        ac.build_manifest(str(tmp_path / "root"), "model")
+
+
+def test_a_fetch_past_its_deadline_stops():
+    clock = iter([0, 0, 5, 11]).__next__
+    deadline = ac.Deadline(10, clock=clock)
+    stream = io.BytesIO(b"x" * (3 << 20))
+    with pytest.raises(ac.ArtifactError, match="not done within 10 s"):
+        ac.read_bounded(stream, 10 << 20, deadline, "the manifest")
+
+
+def test_a_fetch_of_exactly_the_pinned_bytes_passes_and_others_do_not():
+    entry = {"size": 3, "sha256": hashlib.sha256(b"abc").hexdigest()}
+    out = io.BytesIO()
+    ac.copy_verified(io.BytesIO(b"abc"), out, entry, ac.Deadline(60), "f")
+    assert out.getvalue() == b"abc"
+    for data, message in ((b"abcd", "more than"), (b"ab", "sent 2 bytes"), (b"abd", "sha256")):
+        with pytest.raises(ac.ArtifactError, match=message):
+            ac.copy_verified(io.BytesIO(data), io.BytesIO(), entry, ac.Deadline(60), "f")
+    assert ac.verify_pinned(b"abc", entry["sha256"], "f") == b"abc"
+    with pytest.raises(ac.ArtifactError, match="nothing was written"):
+        ac.verify_pinned(b"abd", entry["sha256"], "f")
