@@ -468,6 +468,7 @@ SCHEMAS = {
         "gateway_auth_fail_burst": integer(0, 100000),
         "gateway_conn_limit_per_client": integer(0, 100000),
         "gateway_health_allow": list_of(network),
+        "gateway_instance_key_file": server_path("/etc/"),
         # Entry point drain.
         "gateway_drain_tier": one_of("server", "fleet"),
         "gateway_drain_names": list_of(name, max_items=4096),
@@ -494,7 +495,7 @@ SCHEMAS = {
         "vllm_model_url": url("http", "https", empty=True),
         "vllm_model_revision": no_parent(pattern(REVISION_RE, "a branch, tag or commit of letters, digits and . _ / -")),
         "vllm_hf_token": pattern(TOKEN_RE, "a token of printable characters without whitespace", empty=True, secret=True),
-        "vllm_api_key": pattern(re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$"), "a key of 16-512 letters, digits and . _ ~ + / = -", True, True),
+        "vllm_ip_address_allow": list_of(network, max_items=256),
         "vllm_limit_nofile": integer(1024, 1048576),
         "vllm_restart_sec": integer(0, 3600),
         "vllm_start_limit_interval_sec": integer(0, 86400),

@@ -334,12 +334,21 @@ def test_broken_config_fails_the_play_and_nginx_keeps_serving(gw):
     site = "/etc/nginx/conf.d/gpufleet.conf"
     before = gw.file(site).sha256sum
     master = gw.run("systemctl show -p MainPID --value nginx").stdout.strip()
+    # A bad value of a variable is refused by the preflight, naming it...
     run = ansible_playbook("--limit", GW, "-e", "gateway_read_timeout=10x")
     assert run.returncode != 0
     # Failures may go to stderr, and the callback may wrap long lines.
     words = " ".join((run.stdout + run.stderr).split())
-    assert '"proxy_read_timeout" directive invalid value' in words, words[-3000:]
-    assert "nginx -t rejects the new %s" % site in words
+    assert "Check the role's inputs" in words and "gateway_read_timeout" in words, words[-3000:]
+    assert "changed=0" in words
+    # ...and a configuration nginx rejects all the same (here an internal list
+    # of the role forced to an error page nginx refuses) is never written.
+    pages = [{"code": 999, "tiers": ["server", "fleet"], "type": "server_error", "message": "x"}]
+    run = ansible_playbook("--limit", GW, "-e", json.dumps({"_gateway_error_pages": pages}))
+    assert run.returncode != 0
+    words = " ".join((run.stdout + run.stderr).split())
+    assert "nginx -t rejects the new %s" % site in words, words[-3000:]
+    assert "999" in words
     assert gw.file(site).sha256sum == before
     assert gw.run("systemctl show -p MainPID --value nginx").stdout.strip() == master  # never restarted
     assert gw.run("nginx -t").rc == 0

@@ -33,7 +33,8 @@ def test_vllm_came_from_the_cache_and_serves(host):
     assert host.file("/etc/apt/apt.conf.d/01gpufleet-cache").contains('Proxy "http://t-vllm-cache:3142"')
     port = json.loads(host.file("/etc/vllm/plan.json").content_string)["instances"][0]["port"]
     body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 4})
-    out = host.run("curl -sS --max-time 120 -H 'content-type: application/json' -d %s http://127.0.0.1:%s/v1/completions", body, str(port))
+    key = "Authorization: Bearer " + host.run("sed -n 's/^VLLM_API_KEY=//p' /etc/vllm/instance-api-key").stdout.strip()
+    out = host.run("curl -sS --max-time 120 -H %s -H 'content-type: application/json' -d %s http://127.0.0.1:%s/v1/completions", key, body, str(port))
     assert out.rc == 0, out.stderr
     assert json.loads(out.stdout)["usage"]["completion_tokens"] >= 1
     model = host.file("/var/lib/vllm/models/tiny/model.safetensors")
