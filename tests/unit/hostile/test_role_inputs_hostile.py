@@ -269,7 +269,7 @@ def test_good_values_pass():
             "gateway_auth_fail_rate": "1r/s",
             "gateway_health_allow": ["10.1.0.0/16"],
         },
-        "vllm": {"vllm_pip_trusted_hosts": ["cache-01:8080", "10.0.0.5"], "vllm_pip_find_links": "/srv/wheelhouse", "vllm_ip_address_allow": ["10.0.0.0/24", "fd00::7"]},
+        "vllm": {"vllm_pip_trusted_hosts": ["cache-01:8080", "10.0.0.5"], "vllm_pip_find_links": "/srv/wheelhouse", "vllm_ip_address_allow": ["10.0.0.0/24"]},
         "plan": {"plan_host": "::1", "plan_served_model_name": "meta-llama/Llama-3.1-8B-Instruct", "plan_extra_env": {"NCCL_DEBUG": "WARN"}},
         "nvidia": {"nvidia_repo_base_url": "http://HTTPS///developer.download.nvidia.com/compute/cuda/repos"},
         "artifact_cache": {"artifact_cache_pip_download_args": ["--platform", "manylinux2014_x86_64"]},
