@@ -295,7 +295,7 @@ def check_snapshot(raw, where="snapshot"):
     seen = set()
     for position, device in enumerate(raw["devices"]):
         if not isinstance(device, dict) or not is_int(device.get("index"), 0, MAX_DEVICE_INDEX):
-            raise SnapshotError("%s: devices[%d] has no 'index' (a card number from 0 to %d)" % (where, position, MAX_DEVICE_INDEX))
+            raise SnapshotError("%s: devices[%d] has no integer 'index' (a card number from 0 to %d)" % (where, position, MAX_DEVICE_INDEX))
         if device["index"] in seen:
             raise SnapshotError(
                 "%s: devices[%d] repeats card index %d: two cards cannot share a number; capture the snapshot again" % (where, position, device["index"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import glob
-import json
 import math
 import os
 import struct
@@ -1230,7 +1229,8 @@ def _plan(
         if model_max > MAX_MODEL_LEN:
             raise PlanError(
                 "max_model_len",
-                "config.json's max_position_embeddings is above the %d tokens the planner plans for: set max_model_len to the context you serve" % MAX_MODEL_LEN,
+                "config.json's max_position_embeddings is above the %d tokens the planner plans for: set max_model_len to the context you serve"
+                % MAX_MODEL_LEN,
             )
         max_model_len = model_max
     elif model_max is not None and max_model_len > model_max:
@@ -1362,8 +1362,7 @@ def _plan(
             )
         chosen = "vllm_dp"
         reasons.append(
-            "topology vllm_dp %s: one vLLM with --data-parallel-size %d%s on one port."
-            % (forced_by, n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
+            "topology vllm_dp %s: one vLLM with --data-parallel-size %d%s on one port." % (forced_by, n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
         )
     elif topology == "tp":
         if n < 2:
@@ -1482,7 +1481,8 @@ def _check_serving_inputs(*, device, cpu_kvcache_space_gib, max_num_seqs, concur
     if not is_int(cpu_kvcache_space_gib, 1, MAX_CPU_KVCACHE_GIB):
         raise PlanError(
             "cpu_kvcache_space_gib",
-            "must be a whole number of GiB from 1 to %d (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), not %r" % (MAX_CPU_KVCACHE_GIB, cpu_kvcache_space_gib),
+            "must be a whole number of GiB from 1 to %d (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), not %r"
+            % (MAX_CPU_KVCACHE_GIB, cpu_kvcache_space_gib),
         )
     if not is_int(max_num_seqs, 0, MAX_NUM_SEQS):
         raise PlanError(

@@ -266,7 +266,6 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.nvml_facts import
     nvidia_gpu_facts,
 )
 
-
 MAX_SAVED_BYTES = 64 * 1024 * 1024
 
 
@@ -305,7 +304,8 @@ def main():
         try:
             writable_target(module.params["save_snapshot"], "save_snapshot", MAX_SAVED_BYTES)
         except InputError as exc:
-            module.fail_json(msg=to_native(exc))
+            folder = os.path.dirname(os.path.abspath(module.params["save_snapshot"]))
+            module.fail_json(msg="save_snapshot: cannot write into %s: %s" % (folder, to_native(exc)))
     try:
         facts, raw, warnings = nvidia_gpu_facts(snapshot=module.params["snapshot"])
     except SnapshotError as exc:

@@ -86,7 +86,7 @@ def _classify(returncode, stdout, stderr, expect):
     return "clear", msg, result
 
 
-def run_module(name, args, timeout=DEFAULT_TIMEOUT, expect=None, env=None, cwd=None):
+def run_module(name, args, timeout=DEFAULT_TIMEOUT, expect=None, *, env=None, cwd=None):
     """Run module ``name`` with ``args`` in a fresh Python process; returns an ``Outcome``.
 
     ``expect``: the text (an option name, a file name) the failure message must
