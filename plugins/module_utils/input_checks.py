@@ -90,15 +90,19 @@ def json_depth_ok(value, max_depth=MAX_JSON_DEPTH):
     return True
 
 
-def loads_json(data, what="input", max_depth=MAX_JSON_DEPTH):
-    """Parse JSON text or bytes strictly: UTF-8, no NaN or Infinity, nesting at most ``max_depth``."""
+def loads_json(data, what="input", max_depth=MAX_JSON_DEPTH, constants=False):
+    """Parse JSON text or bytes strictly: UTF-8, nesting at most ``max_depth``, no NaN or Infinity unless ``constants``.
+
+    With ``constants`` (a Hugging Face config.json may hold them) NaN and Infinity
+    parse as floats, and the caller's type checks refuse them where a number is used.
+    """
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InputError("%s is not UTF-8 text: %s" % (what, exc)) from None
     try:
-        value = json.loads(data, parse_constant=_no_constant)
+        value = json.loads(data) if constants else json.loads(data, parse_constant=_no_constant)
     except RecursionError:
         raise InputError("%s nests JSON deeper than %d levels" % (what, max_depth)) from None
     except ValueError as exc:
@@ -108,9 +112,9 @@ def loads_json(data, what="input", max_depth=MAX_JSON_DEPTH):
     return value
 
 
-def load_json(path, max_bytes, what="file", max_depth=MAX_JSON_DEPTH):
+def load_json(path, max_bytes, what="file", max_depth=MAX_JSON_DEPTH, constants=False):
     """The JSON content of a regular file of at most ``max_bytes``, parsed as ``loads_json`` does."""
-    return loads_json(read_bytes(path, max_bytes, what), "%s %s" % (what, path), max_depth)
+    return loads_json(read_bytes(path, max_bytes, what), "%s %s" % (what, path), max_depth, constants)
 
 
 def writable_target(path, what="file", max_bytes=64 * MIB):

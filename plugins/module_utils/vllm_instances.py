@@ -22,7 +22,7 @@ import math
 import re
 
 # Instance names as the plan gives them (they name systemd units, vllm@<name>).
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 MAX_INSTANCES = 256
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_TIMEOUT = 300

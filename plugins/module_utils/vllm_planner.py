@@ -400,7 +400,7 @@ def load_model_config(path):
     if not os.path.lexists(config_path):
         raise PlanError("model", "no config.json at %s: point model at a model directory (with config.json) or at the config.json itself" % config_path)
     try:
-        config = load_json(config_path, MAX_CONFIG_BYTES, "config.json")
+        config = load_json(config_path, MAX_CONFIG_BYTES, "config.json", constants=True)
     except InputError as exc:
         raise PlanError("model", "%s: copy the model's config.json there again" % exc) from None
     if not isinstance(config, dict):

@@ -31,7 +31,7 @@ MAX_TIMEOUT = 300
 MAX_METRICS_BYTES = 16 * 1024 * 1024
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 # Instance names as the plan gives them (they name systemd units, vllm@<name>).
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
 def check_plan(plan):
