@@ -232,7 +232,8 @@ def classify_error(exc):
 def _abort(conn, state):
     """Cut a request that ran out of time: shutting the socket down wakes a read blocked in another thread."""
     state["cut"] = True
-    sock = getattr(conn, "sock", None)
+    # http.client drops conn.sock once a response that ends with the connection is read; the socket kept at connect still works.
+    sock = state.get("sock") or getattr(conn, "sock", None)
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
@@ -281,9 +282,9 @@ def one_request(settings, index, kind, connection_factory=None, deadline=None):
         "error": None,
     }
     began = time.perf_counter()
-    conn = factory(parts.hostname, parts.port, timeout=float(settings["timeout"]) or None)
-    connected = False
     limits = [t for t in (float(settings["timeout"]) or None, None if deadline is None else deadline - time.monotonic()) if t is not None]
+    conn = factory(parts.hostname, parts.port, timeout=max(0.001, min(limits)) if limits else None)
+    connected = False
     state = {"cut": False}
     watchdog = threading.Timer(max(0.0, min(limits)), _abort, (conn, state)) if limits else None
     if watchdog is not None:
@@ -291,7 +292,10 @@ def one_request(settings, index, kind, connection_factory=None, deadline=None):
         watchdog.start()
     try:
         conn.connect()
+        state["sock"] = getattr(conn, "sock", None)
         connected = True
+        if state["cut"]:  # the time ran out while connecting
+            _abort(conn, state)
         conn.request("POST", settings["path"], body, headers)
         resp = conn.getresponse()
         record["status"] = resp.status

@@ -16,9 +16,10 @@ import socket
 import struct
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from harness import ROOT, run_cases, tally
+from harness import ROOT, run_cases, run_module, tally
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 LLAMA = os.path.join(FIXTURES, "models", "Llama-3.1-8B", "config.json")
@@ -728,3 +729,46 @@ def test_hostile_input_gets_a_clear_error(outcomes, case_id):
     outcome, changed = outcomes[case_id]
     assert outcome.kind == "clear", "%s: %s after %.1f s: %s" % (case_id, outcome.kind, outcome.seconds, outcome.msg or outcome.output[-1500:])
     assert changed == [], "%s changed %s" % (case_id, changed)
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+printf 'ActiveState=active\\nSubState=running\\nMainPID=0\\nNRestarts=0\\nResult=success\\nExecMainStartTimestamp=\\n'
+"""
+
+
+@pytest.mark.parametrize("value", ["NaN", "+Inf", "-Inf", "-3"])
+def test_vllm_instances_reads_nonfinite_metrics_as_no_count(tmp_path, value):
+    """NaN or infinite request counts on /metrics are handled: no count for that instance, no traceback."""
+
+    class Metrics(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            body = ('vllm:num_requests_running{engine="0"} %s\nvllm:num_requests_waiting{engine="0"} 2.0\n' % value).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+        (bin_dir / "systemctl").chmod(0o755)
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "0.env").write_text("GPUFLEET_PORT=%d\n" % httpd.server_address[1])
+        outcome = run_module(
+            "vllm_instances",
+            {"config_dir": str(tmp_path / "etc"), "metrics": True},
+            env={"PATH": "%s:%s" % (bin_dir, os.environ.get("PATH", ""))},
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert outcome.kind == "accepted", outcome.output
+    instance = outcome.result["instances"][0]
+    assert instance["requests_running"] is None and instance["requests_waiting"] == 2.0
+    assert outcome.result["busy"] == 2
