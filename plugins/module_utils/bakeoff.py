@@ -13,21 +13,19 @@ control node); everything else is the standard library.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import tempfile
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import vllm_planner
+from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError, is_int, is_number, json_depth_ok, regular_file
 
-try:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    HAS_MATPLOTLIB = True
-    MATPLOTLIB_IMPORT_ERROR = None
-except ImportError as _exc:  # pragma: no cover - depends on the control node
-    HAS_MATPLOTLIB = False
-    MATPLOTLIB_IMPORT_ERROR = _exc
+# matplotlib is imported when a plot is drawn, not with this file: a report whose
+# input is refused (or a check-mode run) does not pay for the import.
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+MATPLOTLIB_IMPORT_ERROR = None if HAS_MATPLOTLIB else "No module named 'matplotlib'"
 
 TOPOLOGIES = ("dp", "tp", "vllm_dp")
 BALANCES = ("least_conn", "round_robin")
@@ -86,10 +84,75 @@ class BakeoffError(ValueError):
     """Bad bake-off input; the message starts with the field to fix."""
 
 
+# Bounds of a report's input (a bake-off measures a few topologies at a few levels).
+MAX_RESULTS = 1000
+MAX_CONCURRENCY = 100000
+MAX_REQUESTS = 10**9
+MAX_TOPOLOGIES = 16
+MAX_SETTINGS_DEPTH = 8
+MAX_TEXT = 1024
+HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+COUNT_KEYS = ("requests", "ok", "failed")
+
+
+def check_summary(summary, where):
+    """A load generator summary with counts and finite, non-negative figures (None where nothing was measured)."""
+    if not isinstance(summary, dict) or "ok" not in summary:
+        raise BakeoffError("%s: must be the load generator's summary" % where)
+    for key in SUMMARY_KEYS:
+        value = summary.get(key)
+        if key in COUNT_KEYS:
+            if value is not None and not is_int(value, 0, MAX_REQUESTS):
+                raise BakeoffError("%s.%s: must be a whole number of requests from 0 to %d, not %r" % (where, key, MAX_REQUESTS, value))
+        elif value is not None and not is_number(value, 0):
+            raise BakeoffError("%s.%s: must be a finite number, 0 or more (or null), not %r" % (where, key, value))
+    return summary
+
+
+def _check_text(value, where, pattern=None):
+    if not isinstance(value, str) or len(value) > MAX_TEXT or CONTROL_RE.search(value) or (pattern is not None and not pattern.match(value)):
+        raise BakeoffError("%s: must be a string of at most %d characters without control characters, not %r" % (where, MAX_TEXT, value))
+    return value
+
+
+def check_report_input(*, host, plan, plans, settings):
+    """Refuse a host, plan, topologies or settings that the report cannot print safely."""
+    _check_text(host, "host", HOST_RE)
+    if not isinstance(plan, dict):
+        raise BakeoffError("plan: must be a vllm_plan")
+    for key in ("model", "cards", "dtype"):
+        _check_text(plan.get(key), "plan.%s" % key)
+    if not is_int(plan.get("max_model_len"), 1, vllm_planner.MAX_MODEL_LEN):
+        raise BakeoffError("plan.max_model_len: must be a positive whole number of tokens, not %r" % (plan.get("max_model_len"),))
+    if not is_number(plan.get("gpu_memory_utilization")) or not 0 < plan["gpu_memory_utilization"] <= 1:
+        raise BakeoffError("plan.gpu_memory_utilization: must be a fraction in (0, 1], not %r" % (plan.get("gpu_memory_utilization"),))
+    if not isinstance(plans, dict) or len(plans) > MAX_TOPOLOGIES:
+        raise BakeoffError("topologies: must map at most %d topology names to what was planned" % MAX_TOPOLOGIES)
+    for name, info in plans.items():
+        _check_text(name, "topologies key")
+        if not isinstance(info, dict):
+            raise BakeoffError("topologies.%s: must be an object (words, or refused), not %r" % (name, info))
+        for key in ("words", "refused"):
+            if info.get(key) is not None and not isinstance(info[key], str):
+                raise BakeoffError("topologies.%s.%s: must be a string, not %r" % (name, key, info[key]))
+    if not isinstance(settings, dict) or not json_depth_ok(settings, MAX_SETTINGS_DEPTH):
+        raise BakeoffError("settings: must be an object nested at most %d levels deep" % MAX_SETTINGS_DEPTH)
+    levels = settings.get("concurrency", [])
+    if not isinstance(levels, list) or len(levels) > MAX_RESULTS or not all(is_int(c, 1, MAX_CONCURRENCY) for c in levels):
+        raise BakeoffError("settings.concurrency: must be a list of concurrency levels (whole numbers from 1 to %d), not %r" % (MAX_CONCURRENCY, levels))
+    for key, value in settings.items():
+        _check_text(key, "settings key")
+        if isinstance(value, str):
+            _check_text(value, "settings.%s" % key)
+
+
 def check_results(results):
     """Validate the measured runs: [{topology, concurrency, summary}], returns them as rows."""
     if not isinstance(results, list) or not results:
         raise BakeoffError("results: no topology was measured (every candidate was refused, or the list is empty)")
+    if len(results) > MAX_RESULTS:
+        raise BakeoffError("results: %d runs, more than the %d a report holds" % (len(results), MAX_RESULTS))
     rows = []
     seen = set()
     for position, item in enumerate(results):
@@ -100,10 +163,11 @@ def check_results(results):
         summary = item.get("summary")
         if topology not in COLORS:
             raise BakeoffError("results[%d]: topology %r is not one of %s" % (position, topology, ", ".join(COLORS)))
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise BakeoffError("results[%d]: concurrency must be a positive integer, not %r" % (position, concurrency))
+        if not is_int(concurrency, 1, MAX_CONCURRENCY):
+            raise BakeoffError("results[%d]: concurrency must be a positive integer (at most %d), not %r" % (position, MAX_CONCURRENCY, concurrency))
         if not isinstance(summary, dict) or "ok" not in summary:
             raise BakeoffError("results[%d]: summary must be the load generator's summary" % position)
+        check_summary(summary, "results[%d].summary" % position)
         if (topology, concurrency) in seen:
             raise BakeoffError("results[%d]: %s at concurrency %d is measured twice" % (position, topology, concurrency))
         seen.add((topology, concurrency))
@@ -159,11 +223,13 @@ def balance_comparison(runs, *, topology, mix, concurrency):
     """least_conn against round_robin on the same topology and mixed-length load."""
     if not isinstance(runs, dict) or set(runs) != set(BALANCES):
         raise BakeoffError("balance: give the summaries of exactly %s" % " and ".join(BALANCES))
+    if not is_int(concurrency, 1, MAX_CONCURRENCY):
+        raise BakeoffError("balance.concurrency: must be a whole number from 1 to %d, not %r" % (MAX_CONCURRENCY, concurrency))
+    _check_text(topology, "balance.topology")
+    _check_text(mix, "balance.mix")
     rows = {}
     for name in BALANCES:
-        summary = runs[name]
-        if not isinstance(summary, dict) or "ok" not in summary:
-            raise BakeoffError("balance.%s: must be the load generator's summary" % name)
+        summary = check_summary(runs[name], "balance.%s" % name)
         rows[name] = {key: summary.get(key) for key in SUMMARY_KEYS}
 
     def ratio(metric):
@@ -199,6 +265,7 @@ def plot_specs(rows):
 
 def build_report(*, host, measured_at, plan, rows, plans, settings, balance=None):
     """The whole report as one dict (also the JSON sidecar next to the Markdown)."""
+    check_report_input(host=host, plan=plan, plans=plans, settings=settings)
     vllm_planner.parse_measured_time(measured_at)
     return {
         "host": host,
@@ -256,7 +323,8 @@ def render_markdown(report):
     lines = [
         "# Bake-off on %s" % report["host"],
         "",
-        "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s." % (
+        "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s."
+        % (
             report["measured_at"],
             report["model"],
             _dtype_words(report["dtype"], s.get("served_dtype")),
@@ -350,6 +418,11 @@ def draw_plots(report, directory, width=8.0, height=5.0, dpi=100):
     """Write each plot of the report as a PNG in ``directory``; returns the paths."""
     if not HAS_MATPLOTLIB:
         raise BakeoffError("matplotlib is not installed on the control node: pip install matplotlib (requirements.txt pins it)")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - only drawing needs it
+        from matplotlib.figure import Figure  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - depends on the control node
+        raise BakeoffError("matplotlib cannot be imported on the control node (%s): pip install matplotlib again" % exc) from None
     paths = []
     for plot in report["plots"]:
         figure = Figure(figsize=(width, height), dpi=dpi)
@@ -390,22 +463,49 @@ def write_text(path, text):
         raise
 
 
-def write_report(report, directory, measured_file):
-    """Write report.md, report.json, the plots and the merged measurement file; returns the paths."""
-    os.makedirs(directory, exist_ok=True)
-    paths = {"markdown": os.path.join(directory, "report.md"), "json": os.path.join(directory, "report.json")}
-    paths["plots"] = draw_plots(report, directory)
-    write_text(paths["markdown"], render_markdown(report))
-    write_text(paths["json"], json.dumps(report, indent=2, sort_keys=True) + "\n")
-    folder = os.path.dirname(os.path.abspath(measured_file))
-    os.makedirs(folder, exist_ok=True)
+def _check_target_folder(path, option):
+    """Refuse a path whose existing part is not a folder where one is needed."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise BakeoffError("%s: %s is not a folder; choose another path" % (option, probe))
+
+
+def prepare_report(report, directory, measured_file):
+    """Everything ``write_report`` writes, checked and rendered before anything is written: (texts, merged measurements)."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise BakeoffError("report_dir: %s exists and is not a folder; remove it or choose another report_dir" % directory)
+    _check_target_folder(directory, "report_dir")
+    if os.path.isdir(measured_file):
+        raise BakeoffError("measured_file: %s is a folder; give the path of the measurement file" % measured_file)
+    _check_target_folder(os.path.dirname(os.path.abspath(measured_file)), "measured_file")
     existing = None
-    if os.path.exists(measured_file):
+    if os.path.lexists(measured_file):
         try:
+            regular_file(measured_file, vllm_planner.MAX_MEASURED_BYTES, "measured_file")
             existing = vllm_planner.load_measured(measured_file)
+        except InputError as exc:
+            raise BakeoffError("%s; remove it or choose another measured_file" % exc) from None
         except vllm_planner.PlanError as exc:
             raise BakeoffError("measured_file: %s" % exc) from exc
     merged = merge_measurements(existing, measurement(report))
+    texts = {"markdown": render_markdown(report), "json": json.dumps(report, indent=2, sort_keys=True) + "\n"}
+    return texts, merged
+
+
+def write_report(report, directory, measured_file):
+    """Write report.md, report.json, the plots and the merged measurement file; returns the paths.
+
+    Every input is checked, and the texts rendered, before the first file is written.
+    """
+    texts, merged = prepare_report(report, directory, measured_file)
+    os.makedirs(directory, exist_ok=True)
+    paths = {"markdown": os.path.join(directory, "report.md"), "json": os.path.join(directory, "report.json")}
+    paths["plots"] = draw_plots(report, directory)
+    write_text(paths["markdown"], texts["markdown"])
+    write_text(paths["json"], texts["json"])
+    os.makedirs(os.path.dirname(os.path.abspath(measured_file)), exist_ok=True)
     write_text(measured_file, json.dumps(merged, indent=2, sort_keys=True) + "\n")
     paths["measured"] = measured_file
     return paths

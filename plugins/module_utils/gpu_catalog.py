@@ -212,6 +212,10 @@ PROFILES = {
 # fmt: on
 
 
+# Cards in one server the catalogue describes (the pair list grows with its square).
+MAX_COUNT = 64
+
+
 class CatalogError(ValueError):
     """A profile name or count the catalogue cannot serve; ``param`` names the culprit."""
 
@@ -283,8 +287,8 @@ def profile_facts(profile, count):
     ``source`` is ``"catalog"``; identifiers NVML would give (UUID, PCI bus id) are None
     because the cards are imagined, not read.
     """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise CatalogError("gpu_count", "gpu_count must be a whole number of cards, 1 or more (got %r)" % (count,))
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+        raise CatalogError("gpu_count", "gpu_count must be a whole number of cards from 1 to %d, one server (got %r)" % (MAX_COUNT, count))
     key, entry = get_profile(profile)
     nvlink = entry.get("nvlink")
     gpus = []

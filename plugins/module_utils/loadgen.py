@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -37,6 +38,20 @@ import time
 from urllib.parse import urlsplit
 
 PATHS = ("/v1/completions", "/v1/chat/completions")
+# Bounds: the load always ends, and no request or answer grows without limit.
+MAX_COUNT = 1000000
+MAX_CONCURRENCY = 4096
+MAX_PROMPT_WORDS = 100000
+MAX_OUTPUT_TOKENS = 1000000
+MAX_MIX_KINDS = 64
+MAX_TIMEOUT = 86400.0
+MAX_DURATION = 7 * 86400.0
+MAX_RATE = 100000.0
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_LINE_BYTES = 1024 * 1024
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,254}$")
+HOST_RE = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+KEY_RE = re.compile(r"^[\x21-\x7e]{0,4096}$")
 WORDS = ("fleet", "gateway", "token", "server", "card", "model", "batch", "cache", "link", "engine")
 
 
@@ -51,13 +66,17 @@ def parse_mix(text):
         part = raw.strip()
         if not part:
             continue
-        try:
-            prompt, output = (int(x) for x in part.split(":"))
-        except ValueError:
-            raise LoadError("mix: %r is not PROMPT_WORDS:OUTPUT_TOKENS (for example 32:16)" % part) from None
+        pieces = part.split(":")
+        if len(pieces) != 2 or not all(p.strip().isdigit() and len(p.strip()) <= 9 for p in pieces):
+            raise LoadError("mix: %r is not PROMPT_WORDS:OUTPUT_TOKENS (for example 32:16)" % part[:80])
+        prompt, output = (int(x) for x in pieces)
         if prompt < 1 or output < 1:
             raise LoadError("mix: %r needs a prompt and an output of at least 1" % part)
+        if prompt > MAX_PROMPT_WORDS or output > MAX_OUTPUT_TOKENS:
+            raise LoadError("mix: %r asks for more than %d prompt words or %d output tokens per request" % (part, MAX_PROMPT_WORDS, MAX_OUTPUT_TOKENS))
         mix.append((prompt, output))
+        if len(mix) > MAX_MIX_KINDS:
+            raise LoadError("mix: give at most %d PROMPT_WORDS:OUTPUT_TOKENS kinds" % MAX_MIX_KINDS)
     if not mix:
         raise LoadError("mix: give at least one PROMPT_WORDS:OUTPUT_TOKENS pair")
     return mix
@@ -67,25 +86,58 @@ def check_settings(settings):
     """Validate a settings dict (the CLI's options); returns it with defaults filled."""
     s = dict(DEFAULTS)
     s.update({k: v for k, v in settings.items() if v is not None})
-    parts = urlsplit(s["url"])
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LoadError("url: %r is not http(s)://HOST[:PORT]" % s["url"])
+    check_url(s["url"])
     if s["path"] not in PATHS:
         raise LoadError("path: %r is not one of %s" % (s["path"], ", ".join(PATHS)))
-    if not s["model"]:
-        raise LoadError("model: name the served model")
-    for key in ("concurrency",):
-        if int(s[key]) < 1:
-            raise LoadError("%s: must be 1 or more" % key)
-    for key in ("rate", "duration", "timeout"):
-        if float(s[key]) < 0:
-            raise LoadError("%s: must not be negative" % key)
-    if int(s["count"]) < 0:
-        raise LoadError("count: must not be negative")
+    if not isinstance(s["model"], str) or not MODEL_RE.match(s["model"]):
+        raise LoadError("model: name the served model (up to 255 letters, digits and . _ : / @ + -, starting with a letter or digit), not %r" % (s["model"],))
+    if not isinstance(s["key"], str) or not KEY_RE.match(s["key"]):
+        raise LoadError("key: the API key must be up to 4096 printable ASCII characters without spaces or line breaks")
+    _bounded_int(s, "concurrency", 1, MAX_CONCURRENCY)
+    _bounded_int(s, "count", 0, MAX_COUNT)
+    _bounded_number(s, "rate", 0.0, MAX_RATE)
+    _bounded_number(s, "duration", 0.0, MAX_DURATION)
+    _bounded_number(s, "timeout", 0.0, MAX_TIMEOUT)
+    if isinstance(s["seed"], bool) or not isinstance(s["seed"], int) or abs(s["seed"]) > 2**63:
+        raise LoadError("seed: must be a whole number within 64 bits, not %r" % (s["seed"],))
     if int(s["count"]) == 0 and float(s["duration"]) == 0 and not s["stop_file"]:
         raise LoadError("count, duration, stop_file: give at least one bound, the load must end")
     s["mix"] = parse_mix(s["mix"]) if isinstance(s["mix"], str) else list(s["mix"])
     return s
+
+
+def _bounded_int(settings, key, low, high):
+    value = settings[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise LoadError("%s: must be a whole number from %d to %d, not %r" % (key, low, high, value))
+
+
+def _bounded_number(settings, key, low, high):
+    value = settings[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise LoadError("%s: must be a finite number from %g to %g, not %r" % (key, low, high, value))
+
+
+def check_url(url):
+    """(scheme, host, port) of an endpoint URL, http(s)://HOST[:PORT] and nothing else; LoadError naming url otherwise."""
+    if not isinstance(url, str) or len(url) > 2048 or any(ord(c) < 0x21 or ord(c) > 0x7E for c in url):
+        raise LoadError("url: %r is not http(s)://HOST[:PORT] (no spaces, control or non-ASCII characters)" % (url,))
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise LoadError("url: %r is not http(s)://HOST[:PORT]: %s" % (url, exc)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not HOST_RE.match(parts.hostname):
+        raise LoadError("url: %r is not http(s)://HOST[:PORT]" % url)
+    if parts.username is not None or parts.password is not None:
+        raise LoadError("url: %r carries credentials; give the API key in api_key instead" % url)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise LoadError("url: %r must be the endpoint's base, http(s)://HOST[:PORT], without a path or query (the path option chooses the API)" % url)
+    if port is not None and not 1 <= port <= 65535:
+        raise LoadError("url: port %d is not a TCP port (1-65535)" % port)
+    if port is None and parts.netloc.endswith(":"):
+        raise LoadError("url: %r has an empty port" % url)
+    return parts.scheme, parts.hostname, port
 
 
 DEFAULTS = {
@@ -177,8 +229,38 @@ def classify_error(exc):
     return "error"
 
 
-def one_request(settings, index, kind, connection_factory=None):
-    """Send one request; returns its record (never raises for server trouble)."""
+def _abort(conn, state):
+    """Cut a request that ran out of time: shutting the socket down wakes a read blocked in another thread."""
+    state["cut"] = True
+    # http.client drops conn.sock once a response that ends with the connection is read; the socket kept at connect still works.
+    sock = state.get("sock") or getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _bounded_lines(resp):
+    """The lines of a streamed answer, each at most MAX_LINE_BYTES, MAX_BODY_BYTES in all."""
+    total = 0
+    while True:
+        line = resp.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        total += len(line)
+        if len(line) > MAX_LINE_BYTES or total > MAX_BODY_BYTES:
+            raise ValueError("the streamed answer exceeds %d bytes per line or %d in all" % (MAX_LINE_BYTES, MAX_BODY_BYTES))
+        yield line
+
+
+def one_request(settings, index, kind, connection_factory=None, deadline=None):
+    """Send one request; returns its record (never raises for server trouble).
+
+    The request ends by ``timeout`` seconds in all (not only between bytes) and by
+    ``deadline`` (a ``time.monotonic()`` value) when one is given: a server that
+    trickles bytes is cut off, and the record's outcome is ``timeout``.
+    """
     parts = urlsplit(settings["url"])
     factory = connection_factory or (http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection)
     headers = {"Content-Type": "application/json"}
@@ -200,19 +282,28 @@ def one_request(settings, index, kind, connection_factory=None):
         "error": None,
     }
     began = time.perf_counter()
-    conn = factory(parts.hostname, parts.port, timeout=float(settings["timeout"]) or None)
+    limits = [t for t in (float(settings["timeout"]) or None, None if deadline is None else deadline - time.monotonic()) if t is not None]
+    conn = factory(parts.hostname, parts.port, timeout=max(0.001, min(limits)) if limits else None)
     connected = False
+    state = {"cut": False}
+    watchdog = threading.Timer(max(0.0, min(limits)), _abort, (conn, state)) if limits else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
     try:
         conn.connect()
+        state["sock"] = getattr(conn, "sock", None)
         connected = True
+        if state["cut"]:  # the time ran out while connecting
+            _abort(conn, state)
         conn.request("POST", settings["path"], body, headers)
         resp = conn.getresponse()
         record["status"] = resp.status
         if resp.status != 200:
-            resp.read()
+            resp.read(MAX_BODY_BYTES)
             record["outcome"] = "http_%d" % resp.status
         elif settings["stream"]:
-            first, last, tokens, done = read_stream(iter(resp.readline, b""), settings["path"], time.perf_counter)
+            first, last, tokens, done = read_stream(_bounded_lines(resp), settings["path"], time.perf_counter)
             record["tokens"] = tokens
             if first is not None:
                 record["ttft"] = first - began
@@ -220,7 +311,10 @@ def one_request(settings, index, kind, connection_factory=None):
                     record["tpot"] = (last - first) / (tokens - 1)
             record["outcome"] = "ok" if done and tokens > 0 else ("incomplete" if not done else "bad_answer")
         else:
-            answer = json.loads(resp.read())
+            body = resp.read(MAX_BODY_BYTES + 1)
+            if len(body) > MAX_BODY_BYTES:
+                raise ValueError("the answer exceeds %d bytes" % MAX_BODY_BYTES)
+            answer = json.loads(body)
             record["tokens"] = (answer.get("usage") or {}).get("completion_tokens", 0)
             record["ttft"] = time.perf_counter() - began
             record["outcome"] = "ok" if answer.get("choices") else "bad_answer"
@@ -229,15 +323,36 @@ def one_request(settings, index, kind, connection_factory=None):
         record["outcome"] = classify_error(exc) if connected else "connect_error"
         record["error"] = "%s: %s" % (type(exc).__name__, exc)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         conn.close()
+    if state["cut"]:
+        record["outcome"] = "timeout"
+        record["error"] = "cut off after its time limit (timeout %s s or the load's deadline)" % settings["timeout"]
     record["latency"] = time.perf_counter() - began
     record["end"] = time.time()
     return record
 
 
-def run(settings, on_record=None, connection_factory=None):
-    """Drive the load; returns the list of records, in the order requests were issued."""
+class DeadlineError(LoadError):
+    """The load did not end by its deadline; ``records`` holds the requests that ended."""
+
+    def __init__(self, message, records):
+        super().__init__(message)
+        self.records = records
+
+
+def run(settings, on_record=None, connection_factory=None, deadline=None):
+    """Drive the load; returns the list of records, in the order requests were issued.
+
+    ``deadline``: seconds the whole load may take. No request is issued after it,
+    every request in flight is cut off at it, and DeadlineError is raised when
+    requests had to be cut (or the clients did not end a few seconds later).
+    """
     s = check_settings(settings)
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= MAX_DURATION):
+        raise LoadError("deadline: must be a number of seconds above 0 and at most %d, not %r" % (MAX_DURATION, deadline))
+    ends_at = None if deadline is None else time.monotonic() + float(deadline)
     records = []
     lock = threading.Lock()
     state = {"next": 0}
@@ -249,6 +364,9 @@ def run(settings, on_record=None, connection_factory=None):
 
     def stopping(index):
         if count and index >= count:
+            return True
+        if ends_at is not None and time.monotonic() >= ends_at:
+            state["late"] = True
             return True
         if duration and time.time() - t0 >= duration:
             return True
@@ -267,7 +385,9 @@ def run(settings, on_record=None, connection_factory=None):
                     time.sleep(delay)
                 if stopping(index):
                     return
-            record = one_request(s, index, mix[index % len(mix)], connection_factory)
+            record = one_request(s, index, mix[index % len(mix)], connection_factory, deadline=ends_at)
+            if ends_at is not None and time.monotonic() >= ends_at and record["outcome"] == "timeout":
+                state["late"] = True
             with lock:
                 records.append(record)
                 if on_record:
@@ -277,9 +397,16 @@ def run(settings, on_record=None, connection_factory=None):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    records.sort(key=lambda r: r["i"])
-    return records
+        t.join(None if ends_at is None else max(0.0, ends_at - time.monotonic()) + 5.0)
+    with lock:
+        done = sorted(records, key=lambda r: r["i"])
+    if ends_at is not None and (state.get("late") or any(t.is_alive() for t in threads)):
+        raise DeadlineError(
+            "deadline: the load did not end within %g s (%d of %s requests ended); raise deadline, or lower count or the mix's output tokens"
+            % (float(deadline), len(done), count or "unbounded"),
+            done,
+        )
+    return done
 
 
 def percentile(values, q):

@@ -23,6 +23,8 @@ import json
 import traceback
 from collections import namedtuple
 
+from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import MIB, InputError, is_int, load_json
+
 try:
     import pynvml
 
@@ -77,6 +79,14 @@ NVML_TEMPERATURE_GPU = 0
 NVML_CLOCK_SM = 1
 NVML_CLOCK_MEM = 2
 DEFAULT_NVLINK_MAX_LINKS = 18
+
+# Bounds of a snapshot: one server's cards, and what NVML reports for them.
+MAX_SNAPSHOT_BYTES = 64 * MIB
+MAX_DEVICES = 64
+MAX_DEVICE_INDEX = 1023
+MAX_PROCESSES = 4096
+MAX_PROCESS_TEXT = 4096
+MAX_NVLINKS = 64
 
 # Errors that only mean "this card has no such thing": they become null without a warning.
 QUIET_ERRORS = ("NVMLError_NotSupported",)
@@ -267,10 +277,9 @@ def read_live(nvml):
 def load_snapshot(path):
     """Read a snapshot JSON file; errors name the `snapshot` parameter."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            raw = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise SnapshotError("snapshot: cannot read %s as an NVML snapshot (JSON written by save_snapshot or capture_nvml.py): %s" % (path, exc)) from exc
+        raw = load_json(path, MAX_SNAPSHOT_BYTES, "file")
+    except InputError as exc:
+        raise SnapshotError("snapshot: cannot read %s as an NVML snapshot (JSON written by save_snapshot or capture_nvml.py): %s" % (path, exc)) from None
     check_snapshot(raw, "snapshot %s" % path)
     return raw
 
@@ -281,9 +290,30 @@ def check_snapshot(raw, where="snapshot"):
         raise SnapshotError("%s: expected a JSON object at the top level, found %s" % (where, type(raw).__name__))
     if not isinstance(raw.get("devices"), list):
         raise SnapshotError("%s: the 'devices' list is missing; is this a file written by save_snapshot or capture_nvml.py?" % where)
+    if len(raw["devices"]) > MAX_DEVICES:
+        raise SnapshotError("%s: 'devices' lists %d cards, more than the %d of one server; is this the right file?" % (where, len(raw["devices"]), MAX_DEVICES))
+    seen = set()
     for position, device in enumerate(raw["devices"]):
-        if not isinstance(device, dict) or not isinstance(device.get("index"), int):
-            raise SnapshotError("%s: devices[%d] has no integer 'index'" % (where, position))
+        if not isinstance(device, dict) or not is_int(device.get("index"), 0, MAX_DEVICE_INDEX):
+            raise SnapshotError("%s: devices[%d] has no integer 'index' (a card number from 0 to %d)" % (where, position, MAX_DEVICE_INDEX))
+        if device["index"] in seen:
+            raise SnapshotError(
+                "%s: devices[%d] repeats card index %d: two cards cannot share a number; capture the snapshot again" % (where, position, device["index"])
+            )
+        seen.add(device["index"])
+        processes = device.get("processes")
+        if isinstance(processes, list):
+            if len(processes) > MAX_PROCESSES:
+                raise SnapshotError("%s: devices[%d].processes lists %d processes, more than %d" % (where, position, len(processes), MAX_PROCESSES))
+            for number, entry in enumerate(processes):
+                if isinstance(entry, str) and len(entry) > MAX_PROCESS_TEXT:
+                    raise SnapshotError(
+                        "%s: devices[%d].processes[%d] is %d characters long, more than %d; capture the snapshot again"
+                        % (where, position, number, len(entry), MAX_PROCESS_TEXT)
+                    )
+        nvlink = device.get("nvlink")
+        if nvlink is not None and not _is_error(nvlink) and (not isinstance(nvlink, list) or len(nvlink) > MAX_NVLINKS):
+            raise SnapshotError("%s: devices[%d].nvlink must be a list of at most %d links, not %r" % (where, position, MAX_NVLINKS, type(nvlink).__name__))
     for key in ("p2p", "topology"):
         if not isinstance(raw.get(key, {}), dict):
             raise SnapshotError("%s: '%s' must be an object keyed 'i-j'" % (where, key))
@@ -380,7 +410,8 @@ def _power_limit_watts(value):
 
 
 def _nvlink(links):
-    active = [link for link in links or [] if isinstance(link, dict) and _int(link.get("state")) == NVML_FEATURE_ENABLED]
+    links = links if isinstance(links, list) else []
+    active = [link for link in links if isinstance(link, dict) and _int(link.get("state")) == NVML_FEATURE_ENABLED]
     generations = [NVLINK_GENERATION.get(_int(link.get("version"))) for link in active]
     generations = [g for g in generations if g is not None]
     return {"active_links": len(active), "version": max(generations) if generations else None}
@@ -389,9 +420,11 @@ def _nvlink(links):
 def _process(entry):
     if isinstance(entry, str):
         # capture_nvml.py stores pynvml's process objects as their str(), a dict literal
+        if len(entry) > MAX_PROCESS_TEXT:
+            return None
         try:
             entry = ast.literal_eval(entry)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             return None
     if not isinstance(entry, dict) or _int(entry.get("pid")) is None:
         return None
@@ -402,7 +435,7 @@ def _processes(value):
     value = _ok(value)
     if not isinstance(value, list):
         return []
-    return [p for p in (_process(entry) for entry in value) if p is not None]
+    return [p for p in (_process(entry) for entry in value[:MAX_PROCESSES]) if p is not None]
 
 
 def gpu_facts(device):

@@ -18,6 +18,14 @@ The request counts come from vLLM's Prometheus metrics
 
 from __future__ import annotations
 
+import math
+import re
+
+# Instance names as the plan gives them (they name systemd units, vllm@<name>).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+MAX_INSTANCES = 256
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_TIMEOUT = 300
 SHOW_PROPERTIES = ("ActiveState", "SubState", "MainPID", "NRestarts", "Result", "ExecMainStartTimestamp")
 METRICS = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
 
@@ -76,6 +84,8 @@ def parse_metrics(text):
                 value = float(line.rsplit(" ", 1)[1])
             except (IndexError, ValueError):
                 continue
+            if not math.isfinite(value) or value < 0:
+                continue  # NaN, Inf or a negative count is no count
             key = METRICS[name]
             found[key] = (found[key] or 0.0) + value
     return found
@@ -89,7 +99,7 @@ def instance_status(name, show, env_text, environ):
     (None when it has no process).
     """
     active = show.get("ActiveState", "unknown")
-    pid = int(show.get("MainPID") or 0)
+    pid = int(show["MainPID"]) if str(show.get("MainPID", "")).isdigit() else 0
     wanted = parse_env_file(env_text) if env_text is not None else {}
     status = {
         "name": name,
@@ -98,10 +108,10 @@ def instance_status(name, show, env_text, environ):
         "sub_state": show.get("SubState", ""),
         "result": show.get("Result", ""),
         "main_pid": pid,
-        "restarts": int(show.get("NRestarts") or 0),
+        "restarts": int(show["NRestarts"]) if str(show.get("NRestarts", "")).isdigit() else 0,
         "started_at": show.get("ExecMainStartTimestamp", ""),
         "configured": env_text is not None,
-        "port": int(wanted["GPUFLEET_PORT"]) if wanted.get("GPUFLEET_PORT", "").isdigit() else None,
+        "port": int(wanted["GPUFLEET_PORT"]) if wanted.get("GPUFLEET_PORT", "").isdigit() and 1 <= int(wanted["GPUFLEET_PORT"][:6]) <= 65535 else None,
         "package": wanted.get("GPUFLEET_VLLM_PACKAGE"),
         "stale": False,
         "stale_keys": [],

@@ -23,6 +23,7 @@ vector for systemd's ``ExecStart=``. Every message names the setting to change.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 
@@ -43,6 +44,7 @@ DEFAULT_SETTINGS = {
     "http_keepalive_sec": 75,
     "cpu_bind_cores": False,
     "allreduce_multicast": False,
+    "allow_remote_host": False,
 }
 SETTING_NAMES = tuple(DEFAULT_SETTINGS)
 
@@ -109,6 +111,13 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Environment values travel through an EnvironmentFile: a strict set.
 ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/@%+=|*?&~-]*$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Bounds of the launch settings (no real launch comes near them).
+MAX_NAME_LENGTH = 255
+MAX_PATH_LENGTH = 4096
+MAX_EXTRA_ARGS = 256
+MAX_ARG_LENGTH = 4096
+MAX_EXTRA_ENV = 256
+MAX_TIMEOUT_SEC = 86400
 # Words systemd takes as they are in ExecStart= (no quoting needed).
 PLAIN_WORD_RE = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
 
@@ -140,6 +149,21 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def served_name_ok(name):
+    """True for a served model name that is safe in an argument, a URL and a path: NAME_RE, bounded, no '..' part."""
+    return isinstance(name, str) and len(name) <= MAX_NAME_LENGTH and bool(NAME_RE.match(name)) and ".." not in name.split("/")
+
+
+def is_loopback(host):
+    """True for localhost or a loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_settings(settings, prefix=""):
     """The launch settings with defaults filled in; LaunchError for a value that cannot be launched safely."""
     unknown = sorted(set(settings) - set(DEFAULT_SETTINGS))
@@ -148,31 +172,48 @@ def check_settings(settings, prefix=""):
     out = dict(DEFAULT_SETTINGS)
     out.update({k: v for k, v in settings.items() if v is not None})
     name = out["served_model_name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not served_name_ok(name):
         raise LaunchError(
             "served_model_name",
-            "%sserved_model_name must start with a letter or digit and hold only letters, digits and . _ : / @ + - (no whitespace or "
-            "control characters), not %r" % (prefix, name),
+            "%sserved_model_name must start with a letter or digit and hold only letters, digits and . _ : / @ + - (no whitespace, "
+            "control characters or '..' part, at most %d characters), not %r" % (prefix, MAX_NAME_LENGTH, name),
         )
     path = out["model_path"]
-    if not isinstance(path, str) or not PATH_RE.match(path) or "/../" in path + "/" or path.endswith("/.."):
+    if (
+        not isinstance(path, str)
+        or len(path) > MAX_PATH_LENGTH
+        or not PATH_RE.match(path)
+        or "/../" in path + "/"
+        or path.endswith("/..")
+        or "/./" in path + "/"
+    ):
         raise LaunchError(
             "model_path",
-            "%smodel_path must be an absolute path on the server of letters, digits and . _ + @ / - (no whitespace, quotes or control "
-            "characters), not %r" % (prefix, path),
+            "%smodel_path must be an absolute path on the server of letters, digits and . _ + @ / - (no whitespace, quotes, control "
+            "characters or '..' part), not %r" % (prefix, path),
         )
-    if not isinstance(out["host"], str) or not HOST_RE.match(out["host"]):
-        raise LaunchError("host", "%shost must be an IP address or host name (letters, digits, . : -), not %r" % (prefix, out["host"]))
-    for key in ("enforce_eager", "cpu_bind_cores", "allreduce_multicast"):
+    for key in ("enforce_eager", "cpu_bind_cores", "allreduce_multicast", "allow_remote_host"):
         if not isinstance(out[key], bool):
             raise LaunchError(key, "%s%s must be true or false, not %r" % (prefix, key, out[key]))
-    if not _is_int(out["shutdown_timeout_sec"]) or out["shutdown_timeout_sec"] < 0:
-        raise LaunchError("shutdown_timeout_sec", "%sshutdown_timeout_sec must be 0 or more seconds, not %r" % (prefix, out["shutdown_timeout_sec"]))
-    if not _is_int(out["http_keepalive_sec"]) or out["http_keepalive_sec"] < 10:
+    host = out["host"]
+    if not isinstance(host, str) or len(host) > 253 or not HOST_RE.match(host):
+        raise LaunchError("host", "%shost must be an IP address or host name (letters, digits, . : -), not %r" % (prefix, host))
+    if not out["allow_remote_host"] and not is_loopback(host):
+        raise LaunchError(
+            "host",
+            "%shost %r is not a loopback address: vLLM has no access control of its own and stays on 127.0.0.1 behind the server tier's "
+            "nginx; use 127.0.0.1 (or set %sallow_remote_host to bind another address on purpose)" % (prefix, host, prefix),
+        )
+    if not _is_int(out["shutdown_timeout_sec"]) or not 0 <= out["shutdown_timeout_sec"] <= MAX_TIMEOUT_SEC:
+        raise LaunchError(
+            "shutdown_timeout_sec",
+            "%sshutdown_timeout_sec must be 0 to %d seconds, not %r" % (prefix, MAX_TIMEOUT_SEC, out["shutdown_timeout_sec"]),
+        )
+    if not _is_int(out["http_keepalive_sec"]) or not 10 <= out["http_keepalive_sec"] <= MAX_TIMEOUT_SEC:
         raise LaunchError(
             "http_keepalive_sec",
-            "%shttp_keepalive_sec must be 10 seconds or more (75 by default), well above the idle timeout of the proxy in front, not %r"
-            % (prefix, out["http_keepalive_sec"]),
+            "%shttp_keepalive_sec must be 10 to %d seconds (75 by default), well above the idle timeout of the proxy in front, not %r"
+            % (prefix, MAX_TIMEOUT_SEC, out["http_keepalive_sec"]),
         )
     out["extra_args"] = check_extra_args(out["extra_args"], prefix)
     out["extra_env"] = check_extra_env(out["extra_env"], prefix)
@@ -183,11 +224,15 @@ def check_extra_args(args, prefix=""):
     """The extra vLLM arguments as a list of strings; LaunchError for one the plan owns or one that cannot be quoted."""
     if not isinstance(args, (list, tuple)):
         raise LaunchError("extra_args", "%sextra_args must be a list of arguments, one per item, not %r" % (prefix, args))
+    if len(args) > MAX_EXTRA_ARGS:
+        raise LaunchError("extra_args", "%sextra_args holds %d arguments, more than %d" % (prefix, len(args), MAX_EXTRA_ARGS))
     out = []
     for item in args:
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise LaunchError("extra_args", "%sextra_args must hold strings, not %r" % (prefix, item))
         arg = str(item)
+        if len(arg) > MAX_ARG_LENGTH:
+            raise LaunchError("extra_args", "%sextra_args item %r... is longer than %d characters" % (prefix, arg[:40], MAX_ARG_LENGTH))
         if CONTROL_RE.search(arg):
             raise LaunchError("extra_args", "%sextra_args item %r holds a control character (a newline?): give each argument as one item" % (prefix, arg))
         option = argument_name(arg)
@@ -205,6 +250,8 @@ def check_extra_env(env, prefix=""):
     """The extra environment as a dict of strings; LaunchError for a variable the plan owns or an unsafe value."""
     if not isinstance(env, dict):
         raise LaunchError("extra_env", "%sextra_env must be a mapping of variable names to values, not %r" % (prefix, env))
+    if len(env) > MAX_EXTRA_ENV:
+        raise LaunchError("extra_env", "%sextra_env holds %d variables, more than %d" % (prefix, len(env), MAX_EXTRA_ENV))
     out = {}
     for key, given in env.items():
         if not isinstance(key, str) or not ENV_KEY_RE.match(key):
@@ -220,7 +267,7 @@ def check_extra_env(env, prefix=""):
         if not isinstance(given, (str, int, float)):
             raise LaunchError("extra_env", "%sextra_env %s must be a string or number, not %r" % (prefix, key, given))
         value = str(given)
-        if not ENV_VALUE_RE.match(value):
+        if len(key) > 128 or len(value) > MAX_ARG_LENGTH or not ENV_VALUE_RE.match(value):
             raise LaunchError(
                 "extra_env",
                 "%sextra_env %s=%r holds characters an environment file cannot carry safely: use letters, digits and _ . , : / @ %% + = | * ? & ~ -"

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import datetime
 import glob
-import json
 import math
 import os
 import struct
 import textwrap
 
 from ansible_collections.gpufleet.serving.plugins.module_utils import gpu_catalog, vllm_launch
+from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import MIB, InputError, is_int, is_number, load_json, loads_json, regular_file
 from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import default_max_num_seqs
 
 GIB = 1024**3
@@ -97,6 +97,39 @@ ALLREDUCE_WORDS = {
 # Largest tensor-parallel degree the "more cards" hint looks at: one server.
 MAX_CARDS_ONE_HOST = 8
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+# Bounds of what the planner reads: no real model or server comes near them, and
+# they keep every loop and every figure small (a per-layer loop, a pair loop).
+MAX_CONFIG_BYTES = 16 * MIB
+MAX_INDEX_BYTES = 64 * MIB
+MAX_MEASURED_BYTES = 64 * MIB
+MAX_SAFETENSORS_FILES = 4096
+MAX_GPUS = 64
+MAX_GPU_INDEX = 1023
+MAX_CARD_BYTES = 2**50
+MAX_MODEL_LEN = 2**27
+MAX_CONCURRENCY = 2**20
+MAX_OVERHEAD_GIB = 1024.0
+MAX_CPU_KVCACHE_GIB = 65536
+MAX_NUM_SEQS = 2**20
+MAX_MEASURED_AGE_DAYS = 36500
+# config.json fields: (upper bound, what it is)
+CONFIG_BOUNDS = {
+    "num_hidden_layers": 10000,
+    "hidden_size": 2**20,
+    "num_attention_heads": 2**16,
+    "num_key_value_heads": 2**16,
+    "head_dim": 2**16,
+    "vocab_size": 2**24,
+    "intermediate_size": 2**22,
+    "moe_intermediate_size": 2**22,
+    "num_experts_per_tok": 2**16,
+    "kv_lora_rank": 2**20,
+    "qk_rope_head_dim": 2**16,
+    "qk_nope_head_dim": 2**16,
+    "v_head_dim": 2**16,
+    "q_lora_rank": 2**20,
+}
+MAX_EXPERTS = 2**16
 
 SAFETENSORS_DTYPES = {
     "BF16": "bfloat16",
@@ -137,14 +170,46 @@ def _positive_int(config, key, where, default=None, required=True):
     value = config.get(key, default)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_int(value, 1, CONFIG_BOUNDS.get(key)):
         if key not in config and default is None:
             raise PlanError(
                 "model",
                 "%s has no %r; the planner needs it as a positive integer: point model at the complete Hugging Face config.json" % (where, key),
             )
+        if is_int(value, 1):
+            raise PlanError("model", "%s: %r is %d, above the %d the planner accepts; fix the config.json" % (where, key, value, CONFIG_BOUNDS[key]))
         raise PlanError("model", "%s: %r must be a positive integer, not %r; fix the config.json" % (where, key, value))
     return value
+
+
+def _count_field(config, key, where, low=0, high=10000):
+    """An optional whole-number field of config.json (None or absent gives ``low``)."""
+    value = config.get(key)
+    if value is None:
+        return low
+    if not is_int(value, low, high):
+        raise PlanError("model", "%s: %r must be a whole number from %d to %d, not %r; fix the config.json" % (where, key, low, high, value))
+    return value
+
+
+def _check_config_types(config, text, where):
+    """Refuse config.json fields of the wrong type before any arithmetic uses them."""
+    for scope in (config, text):
+        architectures = scope.get("architectures")
+        if architectures is not None and (
+            not isinstance(architectures, list) or not all(isinstance(a, str) and 0 < len(a) <= 256 for a in architectures) or len(architectures) > 64
+        ):
+            raise PlanError("model", "%s: 'architectures' must be a list of class names (strings), not %r; fix the config.json" % (where, architectures))
+        model_type = scope.get("model_type")
+        if model_type is not None and (not isinstance(model_type, str) or len(model_type) > 256):
+            raise PlanError("model", "%s: 'model_type' must be a string, not %r; fix the config.json" % (where, model_type))
+        for key in ("torch_dtype", "dtype"):
+            value = scope.get(key)
+            if value is not None and (not isinstance(value, str) or len(value) > 64):
+                raise PlanError("model", "%s: %r must be a string such as bfloat16, not %r; fix the config.json" % (where, key, value))
+    layers = text.get("mlp_only_layers")
+    if layers is not None and (not isinstance(layers, list) or len(layers) > 10000 or not all(is_int(i, 0) for i in layers)):
+        raise PlanError("model", "%s: 'mlp_only_layers' must be a list of layer numbers, not %r; fix the config.json" % (where, layers))
 
 
 def _kind_of_layer(index, spec):
@@ -172,8 +237,11 @@ def describe_model(config, where="config.json"):
     if not isinstance(config, dict):
         raise PlanError("model", "%s must hold a JSON object" % where)
     text = config
+    if config.get("text_config") is not None and not isinstance(config.get("text_config"), dict):
+        raise PlanError("model", "%s: 'text_config' must be an object, not %r; fix the config.json" % (where, config["text_config"]))
     if isinstance(config.get("text_config"), dict) and "num_hidden_layers" not in config:
         text = config["text_config"]
+    _check_config_types(config, text, where)
     model_type = str(text.get("model_type") or config.get("model_type") or "")
     architectures = config.get("architectures") or [model_type or "unknown"]
     layers = _positive_int(text, "num_hidden_layers", where)
@@ -234,22 +302,26 @@ def describe_model(config, where="config.json"):
     experts = None
     for key in ("num_local_experts", "num_experts", "n_routed_experts"):
         if isinstance(text.get(key), int) and not isinstance(text.get(key), bool) and text[key] > 1:
+            if text[key] > MAX_EXPERTS:
+                raise PlanError("model", "%s: %r is %d, above the %d experts the planner accepts; fix the config.json" % (where, key, text[key], MAX_EXPERTS))
             experts = text[key]
             break
     moe = None
     if experts:
         expert_inter = _positive_int(text, "moe_intermediate_size", where, required=False) or _positive_int(text, "intermediate_size", where)
-        shared_inter = (text.get("n_shared_experts") or 0) * expert_inter + (text.get("shared_expert_intermediate_size") or 0)
+        shared_inter = _count_field(text, "n_shared_experts", where, 0, MAX_EXPERTS) * expert_inter + _count_field(
+            text, "shared_expert_intermediate_size", where, 0, 2**22
+        )
         moe = {
             "experts": experts,
             "experts_per_token": _positive_int(text, "num_experts_per_tok", where, default=2),
             "expert_intermediate_size": expert_inter,
             "shared_intermediate_size": shared_inter,
             "shared_expert_gate": bool(text.get("shared_expert_intermediate_size")),
-            "first_dense_layers": int(text.get("first_k_dense_replace") or 0),
-            "layer_freq": int(text.get("moe_layer_freq") or 1),
-            "sparse_step": int(text.get("decoder_sparse_step") or 1),
-            "dense_only_layers": {int(i) for i in (text.get("mlp_only_layers") or [])},
+            "first_dense_layers": _count_field(text, "first_k_dense_replace", where, 0, 10000),
+            "layer_freq": _count_field(text, "moe_layer_freq", where, 1, 10000),
+            "sparse_step": _count_field(text, "decoder_sparse_step", where, 1, 10000),
+            "dense_only_layers": set(text.get("mlp_only_layers") or []),
         }
     spec = {"moe": moe}
     moe_layers = sum(1 for index in range(layers) if _kind_of_layer(index, spec))
@@ -275,6 +347,8 @@ def describe_model(config, where="config.json"):
     decode_linear = attn_total + dense_mlp + active_expert
     decode_other = vocab * hidden + small
     max_len = text.get("max_position_embeddings")
+    if is_int(max_len, MAX_MODEL_LEN + 1):
+        max_len = MAX_MODEL_LEN + 1  # refused as max_model_len unless one is set
     return {
         "architecture": architectures[0],
         "model_type": model_type,
@@ -323,13 +397,12 @@ def load_model_config(path):
         model_dir, config_path = path, os.path.join(path, "config.json")
     else:
         model_dir, config_path = os.path.dirname(path) or ".", path
-    if not os.path.isfile(config_path):
+    if not os.path.lexists(config_path):
         raise PlanError("model", "no config.json at %s: point model at a model directory (with config.json) or at the config.json itself" % config_path)
     try:
-        with open(config_path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise PlanError("model", "%s is not readable JSON (%s): copy the model's config.json there again" % (config_path, exc)) from exc
+        config = load_json(config_path, MAX_CONFIG_BYTES, "config.json", constants=True)
+    except InputError as exc:
+        raise PlanError("model", "%s: copy the model's config.json there again" % exc) from None
     if not isinstance(config, dict):
         raise PlanError("model", "%s must hold a JSON object, not %s" % (config_path, type(config).__name__))
     name = os.path.basename(os.path.normpath(os.path.abspath(model_dir))) or str(config.get("_name_or_path") or "model")
@@ -342,24 +415,58 @@ def load_model_config(path):
 
 
 def read_safetensors_header(path):
-    """The JSON header of a safetensors file: 8-byte little-endian length, then JSON."""
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) < 8:
-            raise PlanError("model", "%s is too short to be a safetensors file" % path)
-        (length,) = struct.unpack("<Q", raw)
-        if length > SAFETENSORS_MAX_HEADER:
-            raise PlanError("model", "%s announces a %d-byte header; that is not a safetensors file" % (path, length))
-        blob = handle.read(length)
+    """The JSON header of a safetensors file: 8-byte little-endian length, then JSON.
+
+    Returns ``(header, data_bytes)``: the parsed header and the bytes after it (where the offsets point).
+    """
+    try:
+        size = regular_file(path, 2**62, "safetensors file")
+        with open(path, "rb") as handle:
+            raw = handle.read(8)
+            if len(raw) < 8:
+                raise PlanError("model", "%s is too short to be a safetensors file" % path)
+            (length,) = struct.unpack("<Q", raw)
+            if length > SAFETENSORS_MAX_HEADER:
+                raise PlanError("model", "%s announces a %d-byte header; that is not a safetensors file" % (path, length))
+            if length > size - 8:
+                raise PlanError("model", "%s ends inside its safetensors header (truncated download?)" % path)
+            blob = handle.read(length)
+    except (InputError, OSError) as exc:
+        raise PlanError("model", "%s; remove it or download it again" % exc) from None
     if len(blob) != length:
         raise PlanError("model", "%s ends inside its safetensors header (truncated download?)" % path)
     try:
-        header = json.loads(blob.decode("utf-8"))
-    except ValueError as exc:
-        raise PlanError("model", "%s has an unreadable safetensors header: %s" % (path, exc)) from exc
+        header = loads_json(blob, "header")
+    except InputError as exc:
+        raise PlanError("model", "%s has an unreadable safetensors header: %s; download it again" % (path, exc)) from None
     if not isinstance(header, dict):
         raise PlanError("model", "%s has a safetensors header that is not a JSON object" % path)
-    return header
+    return header, size - 8 - length
+
+
+def _tensor_bytes(path, name, tensor, data_bytes):
+    """(bytes, elements, dtype) of one tensor of a safetensors header, checked against the file."""
+    where = "%s: tensor %r" % (path, name)
+    if not isinstance(tensor, dict):
+        raise PlanError("model", "%s is not an object with dtype, shape and data_offsets" % where)
+    offsets = tensor.get("data_offsets")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o, 0) for o in offsets):
+        raise PlanError("model", "%s: data_offsets must be two whole numbers, 0 or more, not %r; download the file again" % (where, offsets))
+    begin, end = offsets
+    if begin > end or end > data_bytes:
+        raise PlanError(
+            "model", "%s: data_offsets %r do not lie within the file's %d data bytes (begin <= end); download the file again" % (where, offsets, data_bytes)
+        )
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(is_int(s, 0, 2**40) for s in shape):
+        raise PlanError("model", "%s: shape must be a list of whole numbers, 0 or more, not %r; download the file again" % (where, shape))
+    dtype = tensor.get("dtype")
+    if not isinstance(dtype, str) or len(dtype) > 32:
+        raise PlanError("model", "%s: dtype must be a string such as BF16, not %r; download the file again" % (where, dtype))
+    count = 1
+    for size in shape:
+        count *= size
+    return end - begin, count, dtype
 
 
 def checkpoint_weights(model_dir):
@@ -369,34 +476,36 @@ def checkpoint_weights(model_dir):
     ``*.safetensors`` header lists every tensor's byte range, dtype and shape.
     """
     index = os.path.join(model_dir, "model.safetensors.index.json")
-    if os.path.isfile(index):
+    if os.path.lexists(index):
         try:
-            with open(index, encoding="utf-8") as handle:
-                total = json.load(handle).get("metadata", {}).get("total_size")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise PlanError("model", "%s is not a readable safetensors index: %s" % (index, exc)) from exc
-        if isinstance(total, int) and not isinstance(total, bool) and total > 0:
+            content = load_json(index, MAX_INDEX_BYTES, "safetensors index")
+        except InputError as exc:
+            raise PlanError("model", "%s; download model.safetensors.index.json again" % exc) from None
+        metadata = content.get("metadata") if isinstance(content, dict) else None
+        if not isinstance(content, dict) or not isinstance(metadata, (dict, type(None))):
+            raise PlanError("model", "%s is not a safetensors index (an object with metadata); download it again" % index)
+        total = (metadata or {}).get("total_size")
+        if total is not None and not is_int(total, 1, 2**60):
+            raise PlanError("model", "%s: metadata.total_size must be a positive whole number of bytes, not %r; download it again" % (index, total))
+        if total is not None:
             return {"source": "model.safetensors.index.json", "bytes": total, "params": None, "dtype": None}
-    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    files = sorted(glob.glob(os.path.join(glob.escape(model_dir), "*.safetensors")))
     if not files:
         return None
+    if len(files) > MAX_SAFETENSORS_FILES:
+        raise PlanError("model", "%s holds %d safetensors files, more than the %d the planner reads" % (model_dir, len(files), MAX_SAFETENSORS_FILES))
     total_bytes = 0
     params = 0
     by_dtype = {}
     for path in files:
-        for name, tensor in read_safetensors_header(path).items():
+        header, data_bytes = read_safetensors_header(path)
+        for name, tensor in header.items():
             if name == "__metadata__":
                 continue
-            try:
-                begin, end = tensor["data_offsets"]
-                count = 1
-                for size in tensor["shape"]:
-                    count *= int(size)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise PlanError("model", "%s: tensor %s has no usable data_offsets/shape" % (path, name)) from exc
-            total_bytes += end - begin
+            size, count, kind = _tensor_bytes(path, name, tensor, data_bytes)
+            total_bytes += size
             params += count
-            by_dtype[tensor.get("dtype")] = by_dtype.get(tensor.get("dtype"), 0) + end - begin
+            by_dtype[kind] = by_dtype.get(kind, 0) + size
     dominant = max(by_dtype, key=by_dtype.get) if by_dtype else None
     dtype = SAFETENSORS_DTYPES.get(dominant)
     return {
@@ -411,6 +520,8 @@ def checkpoint_weights(model_dir):
 def checkpoint_format(config):
     """What the checkpoint stores: bfloat16/float16/float32, fp8, int4, or None (unknown)."""
     quant = config.get("quantization_config")
+    if quant is not None and not isinstance(quant, dict):
+        raise PlanError("model", "config.json: quantization_config must be an object, not %r; fix the config.json" % (quant,))
     if isinstance(quant, dict):
         method = str(quant.get("quant_method") or "").lower()
         bits = quant.get("bits", quant.get("w_bit"))
@@ -419,7 +530,12 @@ def checkpoint_format(config):
         if method in ("awq", "gptq", "awq_marlin", "gptq_marlin", "marlin") and bits == 4:
             return "int4"
         if method == "compressed-tensors":
-            weights = [group.get("weights") or {} for group in (quant.get("config_groups") or {}).values() if isinstance(group, dict)]
+            groups = quant.get("config_groups") or {}
+            if not isinstance(groups, dict) or not all(isinstance(g, dict) and isinstance(g.get("weights") or {}, dict) for g in groups.values()):
+                raise PlanError(
+                    "dtype", "config.json: quantization_config.config_groups must map group names to objects with a weights object, not %r" % (groups,)
+                )
+            weights = [group.get("weights") or {} for group in groups.values()]
             if weights and all(w.get("num_bits") == 4 for w in weights):
                 return "int4"
             if weights and all(w.get("num_bits") == 8 and w.get("type") == "float" for w in weights):
@@ -474,17 +590,39 @@ def _check_cards(facts):
     cards = facts.get("gpus")
     if not isinstance(cards, list) or not cards:
         raise PlanError("gpus", "the facts list zero cards: there is nothing to plan on; check the host, or plan with gpu_profile and gpu_count")
+    if len(cards) > MAX_GPUS:
+        raise PlanError("gpus", "the facts list %d cards, more than the %d of one server the planner plans for; check the facts" % (len(cards), MAX_GPUS))
     checked = []
+    seen = set()
     for position, card in enumerate(cards):
         if not isinstance(card, dict):
             raise PlanError("gpus", "gpus[%d] is not a dict" % position)
         index = card.get("index")
         total = card.get("memory_total_bytes")
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise PlanError("gpus", "gpus[%d] has no valid index" % position)
-        if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
-            raise PlanError("gpus", "card %d has no valid memory_total_bytes" % index)
-        mig = card.get("mig_mode") or {}
+        if not is_int(index, 0, MAX_GPU_INDEX):
+            raise PlanError("gpus", "gpus[%d] has no valid index (a card number from 0 to %d), not %r" % (position, MAX_GPU_INDEX, index))
+        if index in seen:
+            raise PlanError(
+                "gpus",
+                "gpus[%d] repeats card index %d: two instances would share CUDA_VISIBLE_DEVICES=%d; read the facts again (nvidia_gpu_facts)"
+                % (position, index, index),
+            )
+        seen.add(index)
+        if not is_int(total, 1, MAX_CARD_BYTES):
+            raise PlanError("gpus", "card %d has no valid memory_total_bytes (a positive whole number up to 2**50), not %r" % (index, total))
+        free = card.get("memory_free_bytes")
+        if free is not None and not is_int(free, 0, MAX_CARD_BYTES):
+            raise PlanError("gpus", "card %d: memory_free_bytes must be a whole number of bytes or null, not %r" % (index, free))
+        if card.get("name") is not None and (not isinstance(card["name"], str) or len(card["name"]) > 256):
+            raise PlanError("gpus", "card %d: name must be a string, not %r" % (index, card["name"]))
+        cc = card.get("compute_capability")
+        if cc is not None and (not isinstance(cc, (str, int, float)) or isinstance(cc, bool) or len(str(cc)) > 16):
+            raise PlanError("gpus", "card %d: compute_capability must be a string such as 9.0, not %r" % (index, cc))
+        mig = card.get("mig_mode")
+        if mig is None:
+            mig = {}
+        if not isinstance(mig, dict) or not all(isinstance(mig.get(k, False), (bool, type(None))) for k in ("current", "pending")):
+            raise PlanError("gpus", "card %d: mig_mode must be {current: bool, pending: bool} or null, not %r" % (index, mig))
         if mig.get("current"):
             raise PlanError(
                 "gpus",
@@ -498,9 +636,16 @@ def _check_cards(facts):
 
 def _links(facts):
     links = {}
-    for pair in facts.get("pairs") or []:
-        if isinstance(pair, dict) and pair.get("interconnect") in INTERCONNECT_RANK:
-            links[(pair.get("from"), pair.get("to"))] = pair["interconnect"]
+    pairs = facts.get("pairs")
+    if pairs is None:
+        return links
+    if not isinstance(pairs, list) or len(pairs) > MAX_GPUS * MAX_GPUS:
+        raise PlanError("gpus", "pairs must be the list of card pairs from nvidia_gpu_facts (at most %d), not %r" % (MAX_GPUS * MAX_GPUS, type(pairs).__name__))
+    for position, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not is_int(pair.get("from"), 0, MAX_GPU_INDEX) or not is_int(pair.get("to"), 0, MAX_GPU_INDEX):
+            raise PlanError("gpus", "pairs[%d] must be an object with card indices from and to, not %r" % (position, pair))
+        if pair.get("interconnect") in INTERCONNECT_RANK:
+            links[(pair["from"], pair["to"])] = pair["interconnect"]
     return links
 
 
@@ -569,17 +714,18 @@ def _check_inputs(*, dtype, max_model_len, concurrency, gpu_memory_utilization, 
         raise PlanError("objective", "%r is not an objective; use throughput or latency" % (objective,))
     if topology not in TOPOLOGIES:
         raise PlanError("topology", "%r is not a topology; use one of %s" % (topology, ", ".join(TOPOLOGIES)))
-    for name, value in (("max_model_len", max_model_len), ("tensor_parallel_size", tensor_parallel_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise PlanError(name, "must be a positive whole number, not %r" % (value,))
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency <= 0:
-        raise PlanError("concurrency", "must be a positive whole number of sequences, not %r" % (concurrency,))
-    if isinstance(gpu_memory_utilization, bool) or not isinstance(gpu_memory_utilization, (int, float)) or not 0 < gpu_memory_utilization <= 1:
+    for name, value, high in (("max_model_len", max_model_len, MAX_MODEL_LEN), ("tensor_parallel_size", tensor_parallel_size, MAX_GPUS)):
+        if value is not None and not is_int(value, 1, high):
+            raise PlanError(name, "must be a whole number from 1 to %d, not %r" % (high, value))
+    if not is_int(concurrency, 1, MAX_CONCURRENCY):
+        raise PlanError("concurrency", "must be a whole number of sequences from 1 to %d, not %r" % (MAX_CONCURRENCY, concurrency))
+    if not is_number(gpu_memory_utilization) or not 0 < gpu_memory_utilization <= 1:
         raise PlanError("gpu_memory_utilization", "must be a fraction in (0, 1], like vLLM's default 0.9, not %r" % (gpu_memory_utilization,))
-    if isinstance(base_port, bool) or not isinstance(base_port, int) or not 1 <= base_port <= 65535:
+    # 1-65535 here; the launch (vllm_launch.check_plan) then holds every instance's port to 1024-65535.
+    if not is_int(base_port, 1, 65535):
         raise PlanError("base_port", "must be a TCP port between 1 and 65535, not %r" % (base_port,))
-    if isinstance(overhead_gib, bool) or not isinstance(overhead_gib, (int, float)) or overhead_gib < 0:
-        raise PlanError("overhead_gib", "must be zero or more GiB, not %r" % (overhead_gib,))
+    if not is_number(overhead_gib, 0, MAX_OVERHEAD_GIB):
+        raise PlanError("overhead_gib", "must be a finite number of GiB from 0 to %g, not %r" % (MAX_OVERHEAD_GIB, overhead_gib))
 
 
 def _model_words(name, spec):
@@ -739,13 +885,12 @@ DEFAULT_MEASURED_MAX_AGE_DAYS = 90
 def load_measured(path):
     """The parsed measurement file at ``path``; None when there is none yet."""
     path = os.path.expanduser(str(path))
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise PlanError("measured", "%s is not readable JSON (%s): run playbooks/bakeoff.yml again or remove the file" % (path, exc)) from exc
+        data = load_json(path, MAX_MEASURED_BYTES, "measurement file")
+    except InputError as exc:
+        raise PlanError("measured", "%s: run playbooks/bakeoff.yml again or remove the file" % exc) from None
     check_measured(data, path)
     return data
 
@@ -779,6 +924,11 @@ def check_measured(data, where="measured"):
         for key in (*MEASURED_MATCH_KEYS, "host", "measured_at", "winners"):
             if key not in entry:
                 raise PlanError("measured", "%s has no %r" % (label, key))
+        for key in ("host", "model", "cards", "dtype"):
+            if not isinstance(entry[key], str) or len(entry[key]) > 1024:
+                raise PlanError("measured", "%s.%s must be a string, not %r" % (label, key, entry[key]))
+        if not is_int(entry["max_model_len"], 1) or not is_number(entry["gpu_memory_utilization"], 0, 1):
+            raise PlanError("measured", "%s: max_model_len must be a positive whole number and gpu_memory_utilization a fraction" % label)
         parse_measured_time(entry["measured_at"], "%s.measured_at" % label)
         winners = entry["winners"]
         if not isinstance(winners, dict):
@@ -788,11 +938,12 @@ def check_measured(data, where="measured"):
                 raise PlanError("measured", "%s.winners.%s.better must be higher or lower" % (label, objective))
             ranking = winner.get("ranking")
             if not isinstance(ranking, list) or not all(
-                isinstance(r, dict) and r.get("topology") in MEASURED_TOPOLOGIES and isinstance(r.get("value"), (int, float)) for r in ranking
+                isinstance(r, dict) and r.get("topology") in MEASURED_TOPOLOGIES and is_number(r.get("value"), 0) for r in ranking
             ):
                 raise PlanError(
                     "measured",
-                    "%s.winners.%s.ranking must list {topology: one of %s, value: number}" % (label, objective, ", ".join(MEASURED_TOPOLOGIES)),
+                    "%s.winners.%s.ranking must list {topology: one of %s, value: a finite number, 0 or more}"
+                    % (label, objective, ", ".join(MEASURED_TOPOLOGIES)),
                 )
     return data
 
@@ -895,6 +1046,14 @@ def plan(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE_DAYS, now
     result = _plan_topology(measured=measured, measured_max_age_days=measured_max_age_days, now=now, **kwargs)
     settings = dict(launch or {})
     if not settings.get("served_model_name"):
+        if not vllm_launch.served_name_ok(result["model"]):
+            error = PlanError(
+                "model",
+                "the model directory's name %r is not a safe served model name (letters, digits and . _ : / @ + -, no whitespace, "
+                "control characters or '..'): rename the directory or set %sserved_model_name" % (result["model"], launch_prefix),
+            )
+            error.details = {"model": result["model"], "cards": result["cards"]}
+            raise error
         settings["served_model_name"] = result["model"]
     if not settings.get("model_path"):
         settings["model_path"] = DEFAULT_MODEL_ROOT + "/" + settings["served_model_name"]
@@ -926,8 +1085,8 @@ def _plan_topology(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE
         estimate["source"] = "estimated"
         if measured is None or measured == "":
             return estimate
-        if isinstance(measured_max_age_days, bool) or not isinstance(measured_max_age_days, int) or measured_max_age_days < 1:
-            raise PlanError("measured_max_age_days", "must be a whole number of days, 1 or more, not %r" % (measured_max_age_days,))
+        if not is_int(measured_max_age_days, 1, MAX_MEASURED_AGE_DAYS):
+            raise PlanError("measured_max_age_days", "must be a whole number of days from 1 to %d, not %r" % (MAX_MEASURED_AGE_DAYS, measured_max_age_days))
         if isinstance(measured, dict):
             where = "the measurements given"
             data = check_measured(measured, where)
@@ -1021,6 +1180,8 @@ def _plan(
             raise PlanError("gpus", "give the nvidia_gpus facts in gpus, or gpu_profile and gpu_count to plan for catalogue cards")
         if gpu_count is None:
             raise PlanError("gpu_count", "gpu_profile needs gpu_count (how many such cards the server has)")
+        if not is_int(gpu_count, 1, MAX_GPUS):
+            raise PlanError("gpu_count", "must be a whole number of cards from 1 to %d (one server), not %r" % (MAX_GPUS, gpu_count))
         try:
             gpus = gpu_catalog.profile_facts(gpu_profile, gpu_count)
         except gpu_catalog.CatalogError as exc:
@@ -1065,6 +1226,12 @@ def _plan(
     if max_model_len is None:
         if model_max is None:
             raise PlanError("max_model_len", "config.json gives no max_position_embeddings: set max_model_len")
+        if model_max > MAX_MODEL_LEN:
+            raise PlanError(
+                "max_model_len",
+                "config.json's max_position_embeddings is above the %d tokens the planner plans for: set max_model_len to the context you serve"
+                % MAX_MODEL_LEN,
+            )
         max_model_len = model_max
     elif model_max is not None and max_model_len > model_max:
         raise PlanError(
@@ -1195,8 +1362,7 @@ def _plan(
             )
         chosen = "vllm_dp"
         reasons.append(
-            "topology vllm_dp %s: one vLLM with --data-parallel-size %d%s on one port."
-            % (forced_by, n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
+            "topology vllm_dp %s: one vLLM with --data-parallel-size %d%s on one port." % (forced_by, n // tp, "" if tp == 1 else " x tensor parallel %d" % tp)
         )
     elif topology == "tp":
         if n < 2:
@@ -1312,13 +1478,16 @@ def _check_serving_inputs(*, device, cpu_kvcache_space_gib, max_num_seqs, concur
     if device not in DEVICES:
         raise PlanError("device", "%r is not a vLLM build; use cuda or cpu" % (device,))
     # vLLM's CPU build reads VLLM_CPU_KVCACHE_SPACE with int(): whole GiB only.
-    if isinstance(cpu_kvcache_space_gib, bool) or not isinstance(cpu_kvcache_space_gib, int) or cpu_kvcache_space_gib <= 0:
+    if not is_int(cpu_kvcache_space_gib, 1, MAX_CPU_KVCACHE_GIB):
         raise PlanError(
             "cpu_kvcache_space_gib",
-            "must be a whole number of GiB, 1 or more (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), not %r" % (cpu_kvcache_space_gib,),
+            "must be a whole number of GiB from 1 to %d (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), not %r"
+            % (MAX_CPU_KVCACHE_GIB, cpu_kvcache_space_gib),
         )
-    if isinstance(max_num_seqs, bool) or not isinstance(max_num_seqs, int) or max_num_seqs < 0:
-        raise PlanError("max_num_seqs", "must be 0 (vLLM's usual 256, or concurrency when larger) or a positive whole number, not %r" % (max_num_seqs,))
+    if not is_int(max_num_seqs, 0, MAX_NUM_SEQS):
+        raise PlanError(
+            "max_num_seqs", "must be 0 (vLLM's usual 256, or concurrency when larger) or a whole number up to %d, not %r" % (MAX_NUM_SEQS, max_num_seqs)
+        )
     if isinstance(concurrency, int) and 0 < max_num_seqs < concurrency:
         raise PlanError(
             "max_num_seqs",

@@ -21,9 +21,47 @@ cache memory (... GiB)". Pure functions; the module reads the journal and
 
 from __future__ import annotations
 
+import math
 import re
 
 DEFAULT_TOLERANCE_PCT = 10.0
+# Bounds of what the module reads and checks.
+MAX_INSTANCES = 256
+MAX_TIMEOUT = 300
+MAX_METRICS_BYTES = 16 * 1024 * 1024
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+# Instance names as the plan gives them (they name systemd units, vllm@<name>).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+def check_plan(plan):
+    """None for a plan whose instances and figures this module can check; else a message naming the field."""
+    instances = plan.get("instances") if isinstance(plan, dict) else None
+    if not isinstance(instances, list) or not all(isinstance(i, dict) and "name" in i and "port" in i for i in instances):
+        return "plan must be a plan from gpufleet.serving.vllm_plan (instances with name and port)"
+    if not instances or len(instances) > MAX_INSTANCES:
+        return "plan.instances must list 1 to %d instances, not %d" % (MAX_INSTANCES, len(instances))
+    names = set()
+    for position, instance in enumerate(instances):
+        name, port = instance["name"], instance["port"]
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            return "plan.instances[%d].name %r is not an instance name (1-32 letters, digits, _ or -, as in vllm@<name>)" % (position, name)
+        if name in names:
+            return "plan.instances[%d].name %r is given twice; plan again with gpufleet.serving.vllm_plan" % (position, name)
+        names.add(name)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            return "plan.instances[%d].port must be a TCP port (1-65535), not %r" % (position, port)
+    memory = plan.get("memory") or {}
+    if not isinstance(memory, dict):
+        return "plan.memory must be the plan's figures (an object), not %r" % (memory,)
+    tokens = memory.get("kv_tokens_per_instance")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0):
+        return "plan.memory.kv_tokens_per_instance must be a whole number of tokens, not %r" % (tokens,)
+    concurrency = memory.get("max_concurrency")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, (int, float)) or not math.isfinite(concurrency)):
+        return "plan.memory.max_concurrency must be a finite number, not %r" % (concurrency,)
+    return None
+
 
 KV_TOKENS_RE = re.compile(r"(?:GPU |CPU |XPU |TPU )?KV cache size: ([0-9][0-9,]*) tokens")
 CONCURRENCY_RE = re.compile(r"Maximum concurrency for ([0-9][0-9,]*) tokens per request: ([0-9]+(?:\.[0-9]+)?)x")

@@ -153,16 +153,25 @@ def main():
         report = bakeoff.build_report(
             host=p["host"], measured_at=measured_at, plan=p["plan"], rows=rows, plans=p["topologies"], settings=p["settings"], balance=balance
         )
+        # Render everything (and read the measurement file) before the first file is written.
+        bakeoff.render_markdown(report)
+        if not module.check_mode:
+            bakeoff.prepare_report(report, p["report_dir"], p["measured_file"])
     except (bakeoff.BakeoffError, vllm_planner.PlanError) as exc:
         module.fail_json(msg=str(exc))
+    except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        # A last resort: the input is checked above; name it rather than end in a traceback.
+        module.fail_json(msg="results, plan, settings: the report could not be built: unexpected %s (%s)" % (type(exc).__name__, exc))
     if module.check_mode:
         module.exit_json(changed=False, winners=report["winners"], balance=balance, paths={})
     if not bakeoff.HAS_MATPLOTLIB:
         module.fail_json(msg=missing_required_lib("matplotlib"), exception=str(bakeoff.MATPLOTLIB_IMPORT_ERROR))
     try:
         paths = bakeoff.write_report(report, p["report_dir"], p["measured_file"])
-    except (bakeoff.BakeoffError, vllm_planner.PlanError, OSError) as exc:
+    except (bakeoff.BakeoffError, vllm_planner.PlanError) as exc:
         module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg="report_dir, measured_file: writing the report failed: %s" % exc)
     module.exit_json(changed=True, winners=report["winners"], balance=balance, paths=paths)
 
 

@@ -56,6 +56,7 @@ options:
     description:
       - Request kinds as C(PROMPT_WORDS:OUTPUT_TOKENS[,...]), used in turn (C(16:4,16:256) mixes short and long answers).
         Every request asks for exactly its output tokens (C(ignore_eos)).
+      - At most 64 kinds, 100000 prompt words and 1000000 output tokens each.
     type: str
     default: "16:8"
   stream:
@@ -65,19 +66,26 @@ options:
     default: true
   concurrency:
     description:
-      - Clients sending at once; each sends its next request when the last one ended.
+      - Clients sending at once (1 to 4096); each sends its next request when the last one ended.
     type: int
     default: 4
   count:
     description:
-      - Requests to send in all.
+      - Requests to send in all, 1 to 1000000.
     type: int
     required: true
   timeout:
     description:
-      - Socket timeout per request, in seconds.
+      - Seconds one request may take in all (and the socket timeout), above 0 and at most 86400. A request still running
+        then is cut off and counted as a V(timeout), even when the server keeps sending bytes.
     type: float
     default: 120
+  deadline:
+    description:
+      - Seconds the whole load may take, above 0 and at most 86400. No request starts after it and the requests still
+        running are cut off; the task then fails naming O(deadline), so that a server that trickles bytes cannot hold it.
+    type: float
+    default: 3600
   seed:
     description:
       - Seed of the prompt words (each request also starts with its own number, so prompts differ).
@@ -133,8 +141,13 @@ records:
   elements: dict
 """
 
+import math
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.serving.plugins.module_utils import loadgen
+
+DEFAULT_DEADLINE = 3600.0
+MAX_DEADLINE = 86400.0
 
 
 def main():
@@ -149,6 +162,7 @@ def main():
             concurrency=dict(type="int", default=4),
             count=dict(type="int", required=True),
             timeout=dict(type="float", default=120.0),
+            deadline=dict(type="float", default=DEFAULT_DEADLINE),
             seed=dict(type="int", default=0),
             return_records=dict(type="bool", default=False),
         ),
@@ -170,12 +184,26 @@ def main():
     try:
         if p["count"] < 1:
             raise loadgen.LoadError("count: must be 1 or more")
+        if not loadgen.KEY_RE.match(p["api_key"]):
+            raise loadgen.LoadError("api_key: must be up to 4096 printable ASCII characters without spaces or line breaks")
+        if not math.isfinite(p["timeout"]) or not 0 < p["timeout"] <= MAX_DEADLINE:
+            raise loadgen.LoadError("timeout: must be a number of seconds above 0 and at most %d, not %r" % (MAX_DEADLINE, p["timeout"]))
+        if not math.isfinite(p["deadline"]) or not 0 < p["deadline"] <= MAX_DEADLINE:
+            raise loadgen.LoadError("deadline: must be a number of seconds above 0 and at most %d, not %r" % (MAX_DEADLINE, p["deadline"]))
         loadgen.check_settings(settings)
     except loadgen.LoadError as exc:
         module.fail_json(msg=str(exc))
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, msg="check mode: no requests sent")
-    records = loadgen.run(settings)
+    try:
+        records = loadgen.run(settings, deadline=p["deadline"])
+    except loadgen.DeadlineError as exc:
+        module.fail_json(msg=str(exc), summary=loadgen.summarize(exc.records))
+    except loadgen.LoadError as exc:
+        module.fail_json(msg=str(exc))
+    except (ArithmeticError, ValueError, TypeError, KeyError, OSError, RuntimeError, MemoryError) as exc:
+        # A last resort: the settings are checked above; name them rather than end in a traceback.
+        module.fail_json(msg="url, mix, count: the load against %s stopped on an unexpected %s (%s)" % (p["url"], type(exc).__name__, exc))
     result = {"changed": False, "summary": loadgen.summarize(records)}
     if p["return_records"]:
         result["records"] = records

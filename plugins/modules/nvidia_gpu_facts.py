@@ -257,6 +257,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.text.converters import to_native
+from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError, read_bytes, writable_target
 from ansible_collections.gpufleet.serving.plugins.module_utils.nvml_facts import (
     PYNVML_IMPORT_ERROR,
     REASON_NO_LIBRARY,
@@ -265,16 +266,17 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.nvml_facts import
     nvidia_gpu_facts,
 )
 
+MAX_SAVED_BYTES = 64 * 1024 * 1024
+
 
 def _save(module, path, raw):
     """Write the snapshot atomically; return whether the file changed."""
     text = dump_snapshot(raw)
     try:
-        with open(path, encoding="utf-8") as handle:
-            if handle.read() == text:
-                return False
-    except OSError:
-        pass
+        if os.path.exists(path) and read_bytes(path, MAX_SAVED_BYTES, "save_snapshot") == text.encode("utf-8"):
+            return False
+    except InputError as exc:
+        module.fail_json(msg="save_snapshot: %s; choose another path" % exc)
     if module.check_mode:
         return True
     directory = os.path.dirname(os.path.abspath(path))
@@ -298,10 +300,20 @@ def main():
         mutually_exclusive=[("snapshot", "save_snapshot")],
         supports_check_mode=True,
     )
+    if module.params["save_snapshot"]:
+        try:
+            writable_target(module.params["save_snapshot"], "save_snapshot", MAX_SAVED_BYTES)
+        except InputError as exc:
+            folder = os.path.dirname(os.path.abspath(module.params["save_snapshot"]))
+            module.fail_json(msg="save_snapshot: cannot write into %s: %s" % (folder, to_native(exc)))
     try:
         facts, raw, warnings = nvidia_gpu_facts(snapshot=module.params["snapshot"])
     except SnapshotError as exc:
         module.fail_json(msg=to_native(exc))
+    except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError, RecursionError, MemoryError) as exc:
+        # A last resort: the snapshot's shape is checked first; name the input rather than end in a traceback.
+        source = "snapshot %s" % module.params["snapshot"] if module.params["snapshot"] else "NVML's readings"
+        module.fail_json(msg="snapshot: reading %s stopped on an unexpected %s (%s); capture the snapshot again" % (source, type(exc).__name__, exc))
     for warning in warnings:
         module.warn("NVML refused a reading: %s" % warning)
 

@@ -123,20 +123,38 @@ busy:
   type: int
 """
 
+import math
 import os
+import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.urls import open_url
 from ansible_collections.gpufleet.serving.plugins.module_utils import vllm_instances
+from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError, regular_file
 
 
 def read(path, mode="r"):
+    """A regular file's content (at most MAX_FILE_BYTES), None when it is missing or unreadable."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, mode) as f:
-            return f.read()
+            return f.read(vllm_instances.MAX_FILE_BYTES)
     except OSError:
         return None
+
+
+def check_env_file(config_dir, name):
+    """None when the instance's environment file is absent, a regular file or readable; else the message naming it."""
+    path = os.path.join(config_dir, "%s.env" % name)
+    if not os.path.lexists(path):
+        return None
+    try:
+        regular_file(path, vllm_instances.MAX_FILE_BYTES, "config_dir: the environment file")
+    except InputError as exc:
+        return "%s; remove it (the vllm role writes it again)" % exc
+    return None
 
 
 def main():
@@ -151,11 +169,26 @@ def main():
     )
     config_dir = module.params["config_dir"]
     names = module.params["names"]
+    timeout = module.params["metrics_timeout"]
+    if not math.isfinite(timeout) or not 0 < timeout <= vllm_instances.MAX_TIMEOUT:
+        module.fail_json(msg="metrics_timeout must be a number of seconds above 0 and at most %d, not %r" % (vllm_instances.MAX_TIMEOUT, timeout))
+    if len(names) > vllm_instances.MAX_INSTANCES:
+        module.fail_json(msg="names lists %d instances, more than %d" % (len(names), vllm_instances.MAX_INSTANCES))
+    for name in names:
+        if not vllm_instances.NAME_RE.match(name):
+            module.fail_json(msg="names: %r is not an instance name (1-32 letters, digits, _ or -, as in vllm@<name>)" % name)
+    if os.path.lexists(config_dir) and not os.path.isdir(config_dir):
+        module.fail_json(msg="config_dir %s is not a directory; point config_dir at the instances' environment files (/etc/vllm)" % config_dir)
     if not names:
         try:
-            names = sorted(f[: -len(".env")] for f in os.listdir(config_dir) if f.endswith(".env"))
+            found = sorted(f[: -len(".env")] for f in os.listdir(config_dir) if f.endswith(".env"))
         except OSError:
-            names = []
+            found = []
+        names = [name for name in found if vllm_instances.NAME_RE.match(name)][: vllm_instances.MAX_INSTANCES]
+    for name in names:
+        problem = check_env_file(config_dir, name)
+        if problem:
+            module.fail_json(msg=problem)
     systemctl = module.get_bin_path("systemctl", required=True)
     statuses = []
     for name in names:
@@ -164,7 +197,7 @@ def main():
         if rc != 0:
             module.fail_json(msg="systemctl show %s failed: %s" % (unit, err.strip()))
         show = vllm_instances.parse_show(out)
-        pid = int(show.get("MainPID") or 0)
+        pid = int(show["MainPID"]) if show.get("MainPID", "").isdigit() else 0
         raw = read("/proc/%d/environ" % pid, "rb") if pid else None
         environ = vllm_instances.parse_environ(raw) if raw is not None else None
         status = vllm_instances.instance_status(name, show, read(os.path.join(config_dir, "%s.env" % name)), environ)
@@ -172,8 +205,8 @@ def main():
             counts = {"running": None, "waiting": None}
             if status["port"] and status["active_state"] == "active":
                 try:
-                    resp = open_url("http://127.0.0.1:%d/metrics" % status["port"], timeout=module.params["metrics_timeout"])
-                    counts = vllm_instances.parse_metrics(to_text(resp.read()))
+                    resp = open_url("http://127.0.0.1:%d/metrics" % status["port"], timeout=timeout)
+                    counts = vllm_instances.parse_metrics(to_text(resp.read(vllm_instances.MAX_FILE_BYTES)))
                 except Exception:  # pylint: disable=broad-except
                     pass  # an instance that does not answer reports null counts
             status["requests_running"] = counts["running"]

@@ -184,9 +184,17 @@ options:
         type: str
         default: ""
       host:
-        description: Address vLLM binds (loopback, so that only the gateway reaches it).
+        description:
+          - Address vLLM binds (loopback, so that only the gateway reaches it).
+          - An address that is not loopback (V(0.0.0.0), a fleet address) is refused unless O(launch.allow_remote_host) is set.
         type: str
         default: 127.0.0.1
+      allow_remote_host:
+        description:
+          - Let O(launch.host) be an address other than loopback. vLLM has no access control of its own; only set this when
+            something else (a firewall, the unit's address allow-list) keeps other hosts away.
+        type: bool
+        default: false
       enforce_eager:
         description: Pass C(--enforce-eager) (no CUDA graphs).
         type: bool
@@ -439,6 +447,8 @@ details:
   sample: {model: Llama-3.1-70B, cards: "2 x NVIDIA GeForce RTX 5080 (16.0 GiB each, PCIe without P2P)"}
 """
 
+import re
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import DEFAULT_SETTINGS, DEVICES
 from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_planner import (
@@ -489,7 +499,9 @@ LAUNCH_SPEC = dict(
     http_keepalive_sec=dict(type="int", default=DEFAULT_SETTINGS["http_keepalive_sec"]),
     cpu_bind_cores=dict(type="bool", default=DEFAULT_SETTINGS["cpu_bind_cores"]),
     allreduce_multicast=dict(type="bool", default=DEFAULT_SETTINGS["allreduce_multicast"]),
+    allow_remote_host=dict(type="bool", default=DEFAULT_SETTINGS["allow_remote_host"]),
 )
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{0,32}$")
 
 
 def main():
@@ -522,6 +534,10 @@ def main():
         required_one_of=[("gpus", "gpu_profile")],
         supports_check_mode=True,
     )
+    if not PREFIX_RE.match(module.params["variable_prefix"]):
+        module.fail_json(
+            msg="variable_prefix must be up to 32 letters, digits or _ (such as plan_), not %r" % module.params["variable_prefix"], param="variable_prefix"
+        )
     try:
         result = plan(
             launch=module.params["launch"],
@@ -530,6 +546,13 @@ def main():
         )
     except PlanError as exc:
         module.fail_json(msg=str(exc), param=exc.param, details=exc.details)
+    except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError, OSError, RecursionError, MemoryError) as exc:
+        # A last resort: every input is checked above; this names what was being read rather than end in a traceback.
+        module.fail_json(
+            msg="model, gpus: planning %s stopped on an unexpected %s (%s); check the model's files and the facts, and report this input"
+            % (module.params["model"], type(exc).__name__, exc),
+            param="model",
+        )
     module.exit_json(changed=False, plan=result)
 
 

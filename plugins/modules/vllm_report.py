@@ -99,6 +99,7 @@ summary:
 """
 
 import json
+import math
 import os
 import tempfile
 
@@ -106,6 +107,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_bytes, to_text
 from ansible.module_utils.urls import open_url
 from ansible_collections.gpufleet.serving.plugins.module_utils import vllm_report
+from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError, read_bytes, writable_target
 
 
 def journal_of_current_run(module, name):
@@ -125,7 +127,7 @@ def journal_of_current_run(module, name):
 def metrics_of(module, port):
     try:
         resp = open_url("http://127.0.0.1:%d/metrics" % port, timeout=module.params["metrics_timeout"])
-        return to_text(resp.read())
+        return to_text(resp.read(vllm_report.MAX_METRICS_BYTES))
     except Exception:  # pylint: disable=broad-except
         return None  # an instance that does not answer has no metrics
 
@@ -134,9 +136,8 @@ def write_record(module, path, content):
     """Write ``content`` to ``path`` when it differs; returns whether it changed."""
     data = to_bytes(json.dumps(content, indent=4, sort_keys=True) + "\n")
     try:
-        with open(path, "rb") as f:
-            same = f.read() == data
-    except OSError:
+        same = os.path.exists(path) and read_bytes(path, vllm_report.MAX_RECORD_BYTES, "record") == data
+    except InputError:
         same = False
     changed = not same
     if changed and not module.check_mode:
@@ -164,11 +165,20 @@ def main():
         supports_check_mode=True,
     )
     plan = module.params["plan"]
-    instances = plan.get("instances")
-    if not isinstance(instances, list) or not all(isinstance(i, dict) and "name" in i and "port" in i for i in instances):
-        module.fail_json(msg="plan must be a plan from gpufleet.serving.vllm_plan (instances with name and port)")
-    if not 0 <= module.params["tolerance_pct"] < 100:
+    problem = vllm_report.check_plan(plan)
+    if problem:
+        module.fail_json(msg=problem)
+    instances = plan["instances"]
+    if not math.isfinite(module.params["tolerance_pct"]) or not 0 <= module.params["tolerance_pct"] < 100:
         module.fail_json(msg="tolerance_pct must be a percentage from 0 to below 100, not %s" % module.params["tolerance_pct"])
+    timeout = module.params["metrics_timeout"]
+    if not math.isfinite(timeout) or not 0 < timeout <= vllm_report.MAX_TIMEOUT:
+        module.fail_json(msg="metrics_timeout must be a number of seconds above 0 and at most %d, not %r" % (vllm_report.MAX_TIMEOUT, timeout))
+    if module.params["record"]:
+        try:
+            writable_target(module.params["record"], "record", vllm_report.MAX_RECORD_BYTES)
+        except InputError as exc:
+            module.fail_json(msg="%s; choose another record path" % exc)
     reports = {}
     for instance in instances:
         log = journal_of_current_run(module, instance["name"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -171,3 +172,47 @@ def test_cli_prints_a_summary_and_writes_records(server, tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 3
     assert loadgen.main(["--url", server, "--model", "tiny"]) == 2
     assert "bound" in capsys.readouterr().err
+
+
+def test_a_trickling_server_cannot_hold_the_load_past_its_deadline():
+    """A server that sends a byte a second, forever: the deadline cuts the requests and names itself."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _addr = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"d")
+                except OSError:
+                    break
+                time.sleep(0.5)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(loadgen.DeadlineError, match="deadline: the load did not end within 2 s") as late:
+            loadgen.run({"url": "http://127.0.0.1:%d" % listener.getsockname()[1], "model": "m", "count": 1, "concurrency": 1, "timeout": 60}, deadline=2)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - began < 10
+    assert [r["outcome"] for r in late.value.records] == ["timeout"]
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [("http://[::1", "url:"), ("http://127.0.0.1:99999", "url:"), ("http://u:p@127.0.0.1", "credentials"), ("http://h/v1?x", "without a path")],
+)
+def test_urls_that_cannot_be_an_endpoint_are_named(url, words):
+    with pytest.raises(loadgen.LoadError, match=words.replace("?", r"\?")):
+        loadgen.check_url(url)
