@@ -15,6 +15,10 @@ The load is bounded in count and in time: requests are issued at ``rate`` per
 second (0: back to back) by at most ``concurrency`` clients, until ``count``
 requests were issued, ``duration`` seconds passed or ``stop_file`` appears.
 
+``urls`` (several endpoints of one model, such as data-parallel instances with
+no balancer in front) spreads the requests itself: each goes to the endpoint
+with the fewest requests in flight, ties in turn (nginx's least_conn).
+
 Outcomes: ``ok``; ``http_<status>`` (an answer other than 200);
 ``connect_error`` (no connection); ``reset`` (the connection broke before an
 answer); ``incomplete`` (a stream that ended before ``[DONE]``); ``timeout``;
@@ -85,7 +89,19 @@ def check_settings(settings):
     if int(s["count"]) == 0 and float(s["duration"]) == 0 and not s["stop_file"]:
         raise LoadError("count, duration, stop_file: give at least one bound, the load must end")
     s["mix"] = parse_mix(s["mix"]) if isinstance(s["mix"], str) else list(s["mix"])
+    s["urls"] = check_urls(s["urls"])
     return s
+
+
+def check_urls(urls):
+    """The endpoints to spread the load over (empty: ``url`` alone); each is http(s)://HOST[:PORT]."""
+    if not isinstance(urls, (list, tuple)):
+        raise LoadError("urls: give a list of http(s)://HOST[:PORT], not %r" % (urls,))
+    for url in urls:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise LoadError("urls: %r is not http(s)://HOST[:PORT]" % (url,))
+    return list(urls)
 
 
 DEFAULTS = {
@@ -103,6 +119,7 @@ DEFAULTS = {
     "timeout": 120.0,
     "seed": 0,
     "headers": {},
+    "urls": [],
 }
 
 
@@ -246,6 +263,16 @@ def run(settings, on_record=None, connection_factory=None):
     rate = float(s["rate"])
     count = int(s["count"])
     duration = float(s["duration"])
+    # Several endpoints: each request goes to the one with the fewest in flight, ties in turn.
+    urls = s["urls"] or [s["url"]]
+    busy = [0] * len(urls)
+    state["turn"] = 0
+
+    def pick():
+        chosen = min(range(len(urls)), key=lambda k: (busy[k], (k - state["turn"]) % len(urls)))
+        busy[chosen] += 1
+        state["turn"] = chosen + 1
+        return chosen
 
     def stopping(index):
         if count and index >= count:
@@ -261,14 +288,21 @@ def run(settings, on_record=None, connection_factory=None):
                 if stopping(index):
                     return
                 state["next"] += 1
+                target = pick()
             if rate:
                 delay = t0 + index / rate - time.time()
                 if delay > 0:
                     time.sleep(delay)
                 if stopping(index):
+                    with lock:
+                        busy[target] -= 1
                     return
-            record = one_request(s, index, mix[index % len(mix)], connection_factory)
+            one = dict(s, url=urls[target]) if len(urls) > 1 else s
+            record = one_request(one, index, mix[index % len(mix)], connection_factory)
             with lock:
+                busy[target] -= 1
+                if len(urls) > 1:
+                    record["url"] = urls[target]
                 records.append(record)
                 if on_record:
                     on_record(record)
