@@ -256,7 +256,8 @@ def render_markdown(report):
     lines = [
         "# Bake-off on %s" % report["host"],
         "",
-        "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s." % (
+        "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s."
+        % (
             report["measured_at"],
             report["model"],
             _dtype_words(report["dtype"], s.get("served_dtype")),
@@ -265,7 +266,7 @@ def render_markdown(report):
             report["gpu_memory_utilization"],
         ),
         "Load: request mix `%s` (prompt words:output tokens), %s requests per level after %s warm-up, concurrency %s; "
-        "client on %s against %s (the server tier's nginx in front of the topology)."
+        "client on %s against %s (%s)."
         % (
             s.get("mix"),
             s.get("requests_per_level"),
@@ -273,6 +274,7 @@ def render_markdown(report):
             ", ".join(str(c) for c in s.get("concurrency", [])),
             s.get("client"),
             s.get("url"),
+            s.get("front", "the server tier's nginx in front of the topology"),
         ),
         "",
         "## Topologies",
@@ -340,9 +342,14 @@ def render_markdown(report):
             % (_num(balance["latency_p99_ratio"], "%.3f"), _num(balance["ttft_p99_ratio"], "%.3f")),
         ]
     lines += ["", "## Plots", ""]
+    if report.get("plots_drawn") is False:
+        lines += ["Not drawn: matplotlib is not installed where this report was written; each plot's series are in report.json.", ""]
     for plot in report["plots"]:
         names = ", ".join("%s (%s)" % (x["topology"], x["color"]) for x in plot["series"])
-        lines += ["![%s](%s)" % (plot["title"], plot["file"]), "", "Series: %s." % names, ""]
+        if report.get("plots_drawn") is False:
+            lines += ["%s. Series: %s." % (plot["title"], names), ""]
+        else:
+            lines += ["![%s](%s)" % (plot["title"], plot["file"]), "", "Series: %s." % names, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -390,12 +397,16 @@ def write_text(path, text):
         raise
 
 
-def write_report(report, directory, measured_file):
-    """Write report.md, report.json, the plots and the merged measurement file; returns the paths."""
+def write_report(report, directory, measured_file, extra_markdown=""):
+    """Write report.md, report.json, the plots and the merged measurement file; returns the paths.
+
+    A report whose ``plots_drawn`` is False (made where matplotlib is missing)
+    gets no PNG files; ``extra_markdown`` is appended to report.md.
+    """
     os.makedirs(directory, exist_ok=True)
     paths = {"markdown": os.path.join(directory, "report.md"), "json": os.path.join(directory, "report.json")}
-    paths["plots"] = draw_plots(report, directory)
-    write_text(paths["markdown"], render_markdown(report))
+    paths["plots"] = draw_plots(report, directory) if report.get("plots_drawn") is not False else []
+    write_text(paths["markdown"], render_markdown(report) + extra_markdown)
     write_text(paths["json"], json.dumps(report, indent=2, sort_keys=True) + "\n")
     folder = os.path.dirname(os.path.abspath(measured_file))
     os.makedirs(folder, exist_ok=True)
