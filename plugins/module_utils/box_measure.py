@@ -177,6 +177,10 @@ def check_options(options):
     if not isinstance(label, str) or not HOST_LABEL_RE.match(label):
         raise MeasureError("--host must be 1-63 letters, digits, . _ - (the name the report gives the box), not %r" % (label,))
     out["host"] = label
+    cache = out.get("cache_dir") or os.path.join(out["out"], "cache")
+    if not isinstance(cache, str) or not vllm_launch.PATH_RE.match(os.path.abspath(cache)):
+        raise MeasureError("--cache-dir must be a path of letters, digits and . _ + @ / -, not %r" % (cache,))
+    out["cache_dir"] = os.path.abspath(cache)
     measured = out.get("measured_file") or os.path.join(out["out"], "measured.json")
     out["measured_file"] = os.path.abspath(measured)
     facts = out.get("facts")
@@ -368,7 +372,7 @@ def start_instance(python, plan, instance, log_path, cache_dir, *, popen, clock)
     """Start one instance in its own session (so its whole group can be stopped), its output in ``log_path``."""
     os.makedirs(cache_dir, exist_ok=True)
     with open(log_path, "wb") as log:
-        proc = popen(
+        proc = popen(  # pylint: disable=consider-using-with
             command(python, plan, instance),
             env=process_env(os.environ, instance, cache_dir),
             stdin=subprocess.DEVNULL,
@@ -591,7 +595,7 @@ def measure_topology(options, candidate, log, *, popen, clock, sleep, ready=answ
                 return out
         log("%s: starting %d instance(s): %s" % (topology, len(plan["instances"]), out["words"]))
         for instance in plan["instances"]:
-            cache = os.path.join(options["out"], "cache", instance["name"])
+            cache = os.path.join(options["cache_dir"], instance["name"])
             path = os.path.join(folder, "%s.log" % instance["name"])
             items.append(start_instance(options["python"], plan, instance, path, cache, popen=popen, clock=clock))
         all_ready = wait_ready(items, model, options["start_timeout"], poll_interval=options["poll_interval"], clock=clock, sleep=sleep, ready=ready)
@@ -791,6 +795,7 @@ def parser():
     p.add_argument("--poll-interval", type=float, help="seconds between readiness checks (default 2)")
     p.add_argument("--python", help="interpreter that runs vLLM (default: this one)")
     p.add_argument("--host", help="name of the box in the report (default: its host name)")
+    p.add_argument("--cache-dir", help="vLLM, Inductor and Triton caches, one folder per instance name (default OUT/cache)")
     p.add_argument("--measured-file", help="measurement file to add the result to (default OUT/measured.json)")
     return p
 
