@@ -822,6 +822,10 @@ def main(argv=None, **hooks):
     except OSError as exc:
         sys.stderr.write("measure_box: %s\n" % exc)
         return 1
+    except Exception as exc:  # pylint: disable=broad-except
+        # Every instance started was stopped on the way out; say what broke instead of a traceback.
+        sys.stderr.write("measure_box: unexpected %s: %s (every instance started was stopped)\n" % (type(exc).__name__, exc))
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -320,3 +320,14 @@ def test_the_tool_runs_without_ansible_or_any_installed_package(tmp_path):
     assert "--model" in result.stdout and "--concurrency" in result.stdout
     probe = subprocess.run([sys.executable, "-S", "-c", "import ansible"], capture_output=True, text=True, timeout=60, check=False)
     assert probe.returncode != 0, "ansible is importable without site-packages: the check above proves nothing"
+
+
+def test_an_unexpected_failure_is_a_message_not_a_traceback(tmp_path, fake_python, capsys):
+    def broken_popen(*_args, **_kwargs):
+        raise RuntimeError("no processes today")
+
+    argv = ["--model", str(LLAMA), "--out", str(tmp_path / "out"), "--facts", str(H200X2), "--python", fake_python]
+    argv += ["--base-port", str(free_port_pair()), "--set", "plan_max_model_len=8192", "--topologies", "dp"]
+    assert box_measure.main(argv, popen=broken_popen) == 1
+    err = capsys.readouterr().err
+    assert "unexpected RuntimeError: no processes today" in err and "Traceback" not in err
