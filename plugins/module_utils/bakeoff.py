@@ -333,7 +333,7 @@ def render_markdown(report):
             report["gpu_memory_utilization"],
         ),
         "Load: request mix `%s` (prompt words:output tokens), %s requests per level after %s warm-up, concurrency %s; "
-        "client on %s against %s (the server tier's nginx in front of the topology)."
+        "client on %s against %s (%s)."
         % (
             s.get("mix"),
             s.get("requests_per_level"),
@@ -341,6 +341,7 @@ def render_markdown(report):
             ", ".join(str(c) for c in s.get("concurrency", [])),
             s.get("client"),
             s.get("url"),
+            s.get("front", "the server tier's nginx in front of the topology"),
         ),
         "",
         "## Topologies",
@@ -408,9 +409,14 @@ def render_markdown(report):
             % (_num(balance["latency_p99_ratio"], "%.3f"), _num(balance["ttft_p99_ratio"], "%.3f")),
         ]
     lines += ["", "## Plots", ""]
+    if report.get("plots_drawn") is False:
+        lines += ["Not drawn: matplotlib is not installed where this report was written; each plot's series are in report.json.", ""]
     for plot in report["plots"]:
         names = ", ".join("%s (%s)" % (x["topology"], x["color"]) for x in plot["series"])
-        lines += ["![%s](%s)" % (plot["title"], plot["file"]), "", "Series: %s." % names, ""]
+        if report.get("plots_drawn") is False:
+            lines += ["%s. Series: %s." % (plot["title"], names), ""]
+        else:
+            lines += ["![%s](%s)" % (plot["title"], plot["file"]), "", "Series: %s." % names, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -494,16 +500,18 @@ def prepare_report(report, directory, measured_file):
     return texts, merged
 
 
-def write_report(report, directory, measured_file):
+def write_report(report, directory, measured_file, extra_markdown=""):
     """Write report.md, report.json, the plots and the merged measurement file; returns the paths.
 
     Every input is checked, and the texts rendered, before the first file is written.
+    A report whose ``plots_drawn`` is False (made where matplotlib is missing)
+    gets no PNG files; ``extra_markdown`` is appended to report.md.
     """
     texts, merged = prepare_report(report, directory, measured_file)
     os.makedirs(directory, exist_ok=True)
     paths = {"markdown": os.path.join(directory, "report.md"), "json": os.path.join(directory, "report.json")}
-    paths["plots"] = draw_plots(report, directory)
-    write_text(paths["markdown"], texts["markdown"])
+    paths["plots"] = draw_plots(report, directory) if report.get("plots_drawn") is not False else []
+    write_text(paths["markdown"], texts["markdown"] + extra_markdown)
     write_text(paths["json"], texts["json"])
     os.makedirs(os.path.dirname(os.path.abspath(measured_file)), exist_ok=True)
     write_text(measured_file, json.dumps(merged, indent=2, sort_keys=True) + "\n")

@@ -15,6 +15,10 @@ The load is bounded in count and in time: requests are issued at ``rate`` per
 second (0: back to back) by at most ``concurrency`` clients, until ``count``
 requests were issued, ``duration`` seconds passed or ``stop_file`` appears.
 
+``urls`` (several endpoints of one model, such as data-parallel instances with
+no balancer in front) spreads the requests itself: each goes to the endpoint
+with the fewest requests in flight, ties in turn (nginx's least_conn).
+
 Outcomes: ``ok``; ``http_<status>`` (an answer other than 200);
 ``connect_error`` (no connection); ``reset`` (the connection broke before an
 answer); ``incomplete`` (a stream that ended before ``[DONE]``); ``timeout``;
@@ -103,6 +107,7 @@ def check_settings(settings):
     if int(s["count"]) == 0 and float(s["duration"]) == 0 and not s["stop_file"]:
         raise LoadError("count, duration, stop_file: give at least one bound, the load must end")
     s["mix"] = parse_mix(s["mix"]) if isinstance(s["mix"], str) else list(s["mix"])
+    s["urls"] = check_urls(s["urls"])
     return s
 
 
@@ -140,6 +145,18 @@ def check_url(url):
     return parts.scheme, parts.hostname, port
 
 
+def check_urls(urls):
+    """The endpoints to spread the load over (empty: ``url`` alone); each is http(s)://HOST[:PORT] (``check_url``)."""
+    if not isinstance(urls, (list, tuple)) or len(urls) > 1024:
+        raise LoadError("urls: give a list of at most 1024 http(s)://HOST[:PORT], not %r" % (urls,))
+    for url in urls:
+        try:
+            check_url(url)
+        except LoadError as exc:
+            raise LoadError("urls: " + str(exc)) from None
+    return list(urls)
+
+
 DEFAULTS = {
     "url": "http://127.0.0.1",
     "path": "/v1/completions",
@@ -155,6 +172,7 @@ DEFAULTS = {
     "timeout": 120.0,
     "seed": 0,
     "headers": {},
+    "urls": [],
 }
 
 
@@ -361,6 +379,16 @@ def run(settings, on_record=None, connection_factory=None, deadline=None):
     rate = float(s["rate"])
     count = int(s["count"])
     duration = float(s["duration"])
+    # Several endpoints: each request goes to the one with the fewest in flight, ties in turn.
+    urls = s["urls"] or [s["url"]]
+    busy = [0] * len(urls)
+    state["turn"] = 0
+
+    def pick():
+        chosen = min(range(len(urls)), key=lambda k: (busy[k], (k - state["turn"]) % len(urls)))
+        busy[chosen] += 1
+        state["turn"] = chosen + 1
+        return chosen
 
     def stopping(index):
         if count and index >= count:
@@ -379,16 +407,23 @@ def run(settings, on_record=None, connection_factory=None, deadline=None):
                 if stopping(index):
                     return
                 state["next"] += 1
+                target = pick()
             if rate:
                 delay = t0 + index / rate - time.time()
                 if delay > 0:
                     time.sleep(delay)
                 if stopping(index):
+                    with lock:
+                        busy[target] -= 1
                     return
-            record = one_request(s, index, mix[index % len(mix)], connection_factory, deadline=ends_at)
+            one = dict(s, url=urls[target]) if len(urls) > 1 else s
+            record = one_request(one, index, mix[index % len(mix)], connection_factory, deadline=ends_at)
             if ends_at is not None and time.monotonic() >= ends_at and record["outcome"] == "timeout":
                 state["late"] = True
             with lock:
+                busy[target] -= 1
+                if len(urls) > 1:
+                    record["url"] = urls[target]
                 records.append(record)
                 if on_record:
                     on_record(record)

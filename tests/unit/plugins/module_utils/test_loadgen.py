@@ -216,3 +216,43 @@ def test_a_trickling_server_cannot_hold_the_load_past_its_deadline():
 def test_urls_that_cannot_be_an_endpoint_are_named(url, words):
     with pytest.raises(loadgen.LoadError, match=words.replace("?", r"\?")):
         loadgen.check_url(url)
+
+
+@pytest.fixture()
+def two_servers():
+    FakeVLLM.mode = "ok"
+    FakeVLLM.seen = []
+    started = []
+    for _n in range(2):
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeVLLM)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        started.append(httpd)
+    yield ["http://127.0.0.1:%d" % httpd.server_address[1] for httpd in started]
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_several_urls_share_the_load_in_turn_when_idle(two_servers):
+    records = loadgen.run(settings("http://127.0.0.1:1", urls=two_servers, count=6, concurrency=1))
+    assert all(r["outcome"] == "ok" for r in records)
+    # One client: every endpoint is idle when a request starts, so they take turns.
+    assert [r["url"] for r in records] == two_servers * 3
+
+
+def test_several_urls_go_to_the_least_busy(two_servers):
+    records = loadgen.run(settings("http://127.0.0.1:1", urls=two_servers, count=8, concurrency=2))
+    assert all(r["outcome"] == "ok" for r in records)
+    per_url = [sum(1 for r in records if r["url"] == url) for url in two_servers]
+    assert sum(per_url) == 8 and min(per_url) >= 3, per_url
+
+
+def test_one_url_leaves_records_as_they_were(server):
+    records = loadgen.run(settings(server, count=2))
+    assert all("url" not in r for r in records)
+
+
+@pytest.mark.parametrize("urls", ["http://a:1", ["http://a:1", "ftp://b"], [7]])
+def test_bad_urls_are_refused(urls):
+    with pytest.raises(loadgen.LoadError, match="urls"):
+        loadgen.check_settings(dict(settings("http://127.0.0.1:1"), urls=urls))
