@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import _internal as module_utils_internal
 from ansible.module_utils.common import warnings as ansible_warnings
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts
@@ -27,8 +28,14 @@ def warning_texts(result):
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    """AnsibleModule keeps warnings in a module-level dict: start each test with none."""
+    """AnsibleModule keeps warnings in a module-level dict: start each test with none.
+
+    A module runs target-side: any controller code imported in this process (a filter plugin,
+    ansible.template in the role tests) sets is_controller, which sends warn() to the
+    controller's display instead of the result.
+    """
     monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    monkeypatch.setattr(module_utils_internal, "is_controller", False)
 
 
 def run_module(capsys, args, check_mode=False):
