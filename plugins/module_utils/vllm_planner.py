@@ -75,6 +75,16 @@ MEASURED_LINEAR_GB = 13.96
 DECODE_BANDWIDTH_EFFICIENCY = MEASURED_LINEAR_GB / MEASURED_ONE_CARD_MS / 4800.0 * 1000.0
 # 1.73x on 2 cards: 86% of a perfect split.
 TP_SCALING_EFFICIENCY = MEASURED_ONE_CARD_MS / MEASURED_TP2_MS / 2.0
+# A decode step at batch 1 costs more than reading the weights: measured on one
+# H200 (docs/bakeoff-h200x1: vLLM 0.26.0, CUDA graphs, 2026-12-01), about 0.5 ms
+# per step (scheduling, sampling, the step's launches) and 18 us per layer
+# (attention, norms and the small kernels between the linear layers), fitted on
+# Llama-3.1-8B, Qwen2.5-7B, Mistral-7B and Qwen3-32B (4.8 to 18.6 ms per token,
+# each within 1.1% of the fit; tests/fixtures/h200/measured.json). Without them
+# the estimate was 10-27% optimistic. The per-layer part is split by tensor
+# parallelism like the weights; the per-step part is not.
+STEP_OVERHEAD_MS = 0.50
+LAYER_OVERHEAD_MS = 0.018
 # Two all-reduces per layer (after attention, after the MLP): 64 for a 32-layer 8B.
 ALLREDUCES_PER_LAYER = 2
 # Microseconds per all-reduce of one token's activations. nvlink: vLLM's in-graph
@@ -695,11 +705,11 @@ def fit(spec, weights, tp, *, budget, overhead, tokens):
 
 
 def decode_ms(decode_bytes, bandwidth_gbs, tp, link, layers):
-    """Estimated ms per token at batch 1 (decode reads every weight once per token)."""
-    one_card = decode_bytes / (bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY) * 1000.0
+    """Estimated ms per token at batch 1: every weight read once per token, the layers' own kernels, the step's overhead."""
+    one_card = decode_bytes / (bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY) * 1000.0 + LAYER_OVERHEAD_MS * layers
     if tp == 1:
-        return one_card
-    return one_card / tp / TP_SCALING_EFFICIENCY + ALLREDUCES_PER_LAYER * layers * ALLREDUCE_US[link] / 1000.0
+        return one_card + STEP_OVERHEAD_MS
+    return one_card / tp / TP_SCALING_EFFICIENCY + ALLREDUCES_PER_LAYER * layers * ALLREDUCE_US[link] / 1000.0 + STEP_OVERHEAD_MS
 
 
 # ---------------------------------------------------------------------------
