@@ -27,14 +27,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NO_COLOR := 1
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help deps apt venv collections fleet-image wheelhouse tiny-model vllm-image unit lint sanity ruff ansible-lint \
+.PHONY: help deps apt venv collections fleet-image wheelhouse tiny-model vllm-image unit hostile lint sanity ruff ansible-lint \
         molecule test test-unit test-scenario demo demo-down clean distclean
 
 help:
 	@echo "make demo        bring the local fleet up and run the main job"
 	@echo "make test        unit tests, lint, molecule scenarios"
 	@echo "make lint        ruff, ansible-lint (production, offline), ansible-test sanity"
-	@echo "make test-unit   the unit tests and ruff only (part of make test)"
+	@echo "make test-unit   the unit tests (hostile-input suites included) and ruff only (part of make test)"
 	@echo "make test-scenario S=site   one molecule scenario (part of make test)"
 	@echo "make fleet-image build the Debian 12 + systemd image (only when missing)"
 	@echo "make clean       remove fleet containers, networks, the image and build outputs"
@@ -91,8 +91,14 @@ vllm-image: deps fleet-image wheelhouse
 	tests/fleet/fleet.sh vllm-image
 
 # --- tests -----------------------------------------------------------------
+# The unit tests, less the hostile-input suites (hundreds of module and
+# ansible-playbook runs, about 80 s): make test runs those in the lane beside
+# the site scenario, off the critical path.
 unit: venv collections
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/unit --ignore=tests/unit/hostile
+
+hostile: venv collections
+	$(BIN)/pytest -q tests/unit/hostile
 
 ruff: venv
 	$(BIN)/ruff check .
@@ -124,9 +130,9 @@ molecule: deps fleet-image vllm-image tiny-model
 # (tests/README.md has the timings); 2 cores and 24 GiB hold both fleets.
 test: unit ruff deps fleet-image vllm-image tiny-model wheelhouse
 	@mkdir -p $(CACHE)/logs; start=$$(date +%s); log=$(CACHE)/logs/test-beside.log; \
-	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), ansible-lint, sanity, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
+	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), ansible-lint, sanity, the hostile-input suites, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
 	( ( $(call run_scenarios,$(MOLECULE_BESIDE_SCENARIOS)) ) && \
-	  $(MAKE) --no-print-directory ansible-lint sanity && \
+	  $(MAKE) --no-print-directory ansible-lint sanity hostile && \
 	  ( $(call run_scenarios,$(MOLECULE_LIGHT_SCENARIOS)) ) ) >$$log 2>&1 & beside=$$!; \
 	main=0; ( $(call run_scenarios,$(MOLECULE_MAIN_SCENARIOS)) ) || main=$$?; \
 	other=0; wait $$beside || other=$$?; \
@@ -134,7 +140,7 @@ test: unit ruff deps fleet-image vllm-image tiny-model wheelhouse
 	echo "=== make test: site lane rc=$$main, beside lane rc=$$other, $$(( $$(date +%s) - start ))s after the unit tests"; \
 	[ $$main -eq 0 ] && [ $$other -eq 0 ]
 
-test-unit: unit ruff
+test-unit: unit hostile ruff
 
 test-scenario:
 	@test -n "$(S)" || { echo "usage: make test-scenario S=<scenario under molecule/>"; exit 2; }
