@@ -122,7 +122,9 @@ def test_a_failing_host_stops_the_rollout_after_its_batch(tmp_path):
     vllm_play = out.split("PLAY [Install vLLM, stage the model and realise the plan]")[1]
     # The failing host is named with the reason, before anything was installed.
     failure = vllm_play[vllm_play.index("fatal: [t-vllm-cache]"):][:1200]
-    assert "vllm_model_url" in failure and "Check where the model comes from" in vllm_play[: vllm_play.index("fatal: [t-vllm-cache]")], failure
+    # The role's input check (the first task of its preflight) refuses the URL, naming it.
+    before = vllm_play[: vllm_play.index("fatal: [t-vllm-cache]")]
+    assert "vllm_model_url" in failure and "Check the role's inputs" in before.rsplit("TASK [", 1)[1], failure
     # Its batch-mate finished; the next batch and the next plays never ran.
     assert "ok: [t-vllm1]" in vllm_play
     assert "t-vllm2" not in vllm_play.split("PLAY RECAP")[0], "the second batch ran"
