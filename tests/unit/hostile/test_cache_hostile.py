@@ -220,7 +220,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.path.startswith("/trickle"):
             self.send_response(200)
             self.end_headers()
-            for _ in range(100):
+            for _byte in range(100):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.2)
