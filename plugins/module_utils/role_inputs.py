@@ -419,6 +419,8 @@ def pem(marker_re):
 GATEWAY_INSTANCE = record({"name": name, "port": port(1)}, required=("name", "port"))
 GATEWAY_BACKEND = record({"name": name, "address": host(), "port": port(1), "weight": integer(1, 1000)}, required=("address",))
 
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
 SCHEMAS = {
     "gateway": {
         "gateway_server_group": name,
@@ -495,6 +497,8 @@ SCHEMAS = {
         "vllm_model_url": url("http", "https", empty=True),
         "vllm_model_revision": no_parent(pattern(REVISION_RE, "a branch, tag or commit of letters, digits and . _ / -")),
         "vllm_hf_token": pattern(TOKEN_RE, "a token of printable characters without whitespace", empty=True, secret=True),
+        "vllm_pip_requirements_sha256": pattern(SHA256_RE, "a sha256 of 64 lower-case hex digits", empty=True),
+        "vllm_model_manifest_sha256": pattern(SHA256_RE, "a sha256 of 64 lower-case hex digits", empty=True),
         "vllm_ip_address_allow": list_of(network, max_items=256),
         "vllm_limit_nofile": integer(1024, 1048576),
         "vllm_restart_sec": integer(0, 3600),
@@ -515,6 +519,7 @@ SCHEMAS = {
         "plan_objective": one_of("throughput", "latency"),
         "plan_single_endpoint": boolean,
         "plan_topology": one_of("auto", "dp", "tp", "vllm_dp"),
+        "plan_allreduce_multicast": boolean,
         "plan_base_port": port(1024),
         "plan_nvml_snapshot": control_path(),
         "plan_gpu_profile": pattern(NAME_RE, "a catalogue card name such as h200-141gb", empty=True),
@@ -568,6 +573,7 @@ SCHEMAS = {
         "artifact_cache_http_port": port(1),
         "artifact_cache_listen_address": address(empty=True),
         "artifact_cache_allow": list_of(network),
+        "artifact_cache_client_groups": list_of(name, max_items=64),
         "artifact_cache_pip_requirements": list_of(pattern(PIP_PIN_RE, "an exact pin, name==version"), max_items=128),
         "artifact_cache_pip_download_args": list_of(
             pattern(re.compile(r"^[A-Za-z0-9_./:=,@+%~-]{1,1024}$"), "one argument without whitespace, quotes or control characters"), 64, False
