@@ -8,6 +8,10 @@ ROOT := $(abspath .)
 VENV := $(ROOT)/.venv
 CACHE := $(ROOT)/.cache
 BIN := $(VENV)/bin
+# The oldest ansible-core that meta/runtime.yml claims gets a virtualenv of its
+# own (requirements-oldest.txt) under .cache, apart from .venv; the unit tests
+# and ansible-test sanity run in both. The newest claimed is .venv's.
+VENV_OLDEST := $(CACHE)/venv-oldest
 PYTHON ?= python3
 ANSIBLE_WHEEL_VERSION := 12.3.0
 COLLECTIONS := containers.podman ansible.posix
@@ -27,13 +31,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NO_COLOR := 1
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help deps apt venv collections fleet-image wheelhouse tiny-model vllm-image unit hostile lint sanity ruff ansible-lint \
-        molecule test test-unit test-scenario demo demo-down clean distclean
+.PHONY: help deps apt venv venv-oldest collections fleet-image wheelhouse tiny-model vllm-image unit unit-oldest hostile lint \
+        sanity sanity-oldest ruff ansible-lint molecule test test-unit test-scenario demo demo-down clean distclean
 
 help:
 	@echo "make demo        bring the local fleet up and run the main job"
 	@echo "make test        unit tests, lint, molecule scenarios"
-	@echo "make lint        ruff, ansible-lint (production, offline), ansible-test sanity"
+	@echo "make lint        ruff, ansible-lint (production, offline), ansible-test sanity (newest and oldest ansible-core)"
+	@echo "make unit-oldest the unit tests (hostile-input suites apart) on the oldest ansible-core claimed"
 	@echo "make test-unit   the unit tests (hostile-input suites included) and ruff only (part of make test)"
 	@echo "make test-scenario S=site   one molecule scenario (part of make test)"
 	@echo "make fleet-image build the Debian 12 + systemd image (only when missing)"
@@ -56,6 +61,13 @@ $(VENV)/.stamp: requirements.txt
 	touch $@
 
 venv: $(VENV)/.stamp
+
+$(VENV_OLDEST)/.stamp: requirements-oldest.txt
+	test -x $(VENV_OLDEST)/bin/python || $(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install -q -r requirements-oldest.txt
+	touch $@
+
+venv-oldest: $(VENV_OLDEST)/.stamp
 
 $(CACHE)/collections/.stamp: $(VENV)/.stamp tests/fleet/extract_collections.py
 	mkdir -p $(CACHE)/wheels
@@ -109,7 +121,15 @@ ansible-lint: venv collections
 sanity: venv apt
 	tests/sanity/run.sh sanity
 
-lint: ruff ansible-lint sanity
+# The same two stages on the oldest ansible-core claimed (requirements-oldest.txt):
+# its own PATH, so the modules and playbooks the tests start are that version's.
+unit-oldest: venv-oldest collections
+	PATH=$(VENV_OLDEST)/bin:$$PATH $(VENV_OLDEST)/bin/pytest -q tests/unit --ignore=tests/unit/hostile
+
+sanity-oldest: venv-oldest apt
+	VENV=$(VENV_OLDEST) tests/sanity/run.sh sanity
+
+lint: ruff ansible-lint sanity sanity-oldest
 
 # `molecule test` of each scenario named, in order, stopping at the first that
 # fails; the images and caches must exist (the targets below build them first).
@@ -124,15 +144,16 @@ molecule: deps fleet-image vllm-image tiny-model
 
 # Everything. After the unit tests and ruff (seconds), two lanes at once: the
 # site scenario, whose output streams here, and beside it the vllm scenario,
-# ansible-lint, ansible-test sanity and the scenarios without vLLM, whose output
+# ansible-lint, ansible-test sanity, the unit tests and sanity on the oldest
+# ansible-core claimed and the scenarios without vLLM, whose output
 # goes to .cache/logs/test-beside.log and is printed when both lanes are done.
 # The beside lane's vLLM fleet is gone before site's fault tests begin
 # (tests/README.md has the timings); 2 cores and 24 GiB hold both fleets.
 test: unit ruff deps fleet-image vllm-image tiny-model wheelhouse
 	@mkdir -p $(CACHE)/logs; start=$$(date +%s); log=$(CACHE)/logs/test-beside.log; \
-	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), ansible-lint, sanity, the hostile-input suites, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
+	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), ansible-lint, sanity, the hostile-input suites, unit and sanity on the oldest ansible-core, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
 	( ( $(call run_scenarios,$(MOLECULE_BESIDE_SCENARIOS)) ) && \
-	  $(MAKE) --no-print-directory ansible-lint sanity hostile && \
+	  $(MAKE) --no-print-directory ansible-lint sanity hostile unit-oldest sanity-oldest && \
 	  ( $(call run_scenarios,$(MOLECULE_LIGHT_SCENARIOS)) ) ) >$$log 2>&1 & beside=$$!; \
 	main=0; ( $(call run_scenarios,$(MOLECULE_MAIN_SCENARIOS)) ) || main=$$?; \
 	other=0; wait $$beside || other=$$?; \

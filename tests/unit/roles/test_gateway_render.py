@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import Templar
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import holds, load_trusted, trust_as_template
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "gateway"
 LOADER = DataLoader()
@@ -37,7 +38,7 @@ INSTANCES = {"dp": [{"name": "0", "port": 8001}, {"name": "1", "port": 8002}], "
 
 
 def load(rel):
-    return LOADER.load_from_file(str(ROLE / rel), trusted_as_template=True)
+    return load_trusted(LOADER, str(ROLE / rel))
 
 
 def role_vars(host, groups=None, instances="dp", **overrides):
@@ -110,10 +111,10 @@ def assert_results(variables):
         local = dict(variables, **entry.get("vars", {}))
         engine = Templar(loader=LOADER, variables=local)
         when = entry.get("when")
-        if when is not None and not engine.evaluate_conditional(when):
+        if when is not None and not holds(engine, when):
             continue
         that = args["that"] if isinstance(args["that"], list) else [args["that"]]
-        passed = all(engine.evaluate_conditional(condition) for condition in that)
+        passed = all(holds(engine, condition) for condition in that)
         results.append((entry["name"], passed, None if passed else " ".join(engine.template(args["fail_msg"]).split())))
     return results
 

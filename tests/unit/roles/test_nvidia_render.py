@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import Templar
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import holds, load_trusted, trust_as_template
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "nvidia"
 LOADER = DataLoader()
@@ -28,7 +29,7 @@ NVIDIA_KEY = "EB693B3035CD5710E231E123A4B469963BF863CC"
 
 
 def load(rel):
-    return LOADER.load_from_file(str(ROLE / rel), trusted_as_template=True)
+    return load_trusted(LOADER, str(ROLE / rel))
 
 
 def facts(platform, arch="x86_64"):
@@ -78,10 +79,10 @@ def assert_results(variables):
         if args is None or entry["name"] == "Check the role's inputs":
             continue
         when = entry.get("when")
-        if when is not None and not templar.evaluate_conditional(when):
+        if when is not None and not holds(templar, when):
             continue
         that = args["that"] if isinstance(args["that"], list) else [args["that"]]
-        passed = all(templar.evaluate_conditional(condition) for condition in that)
+        passed = all(holds(templar, condition) for condition in that)
         results.append((entry["name"], passed, None if passed else " ".join(templar.template(args["fail_msg"]).split())))
     return results
 
@@ -359,7 +360,7 @@ def test_activation_decision(probe, installed, reboot, load):
 
 def when_holds(variables, rel, name):
     entry = task(rel, name)
-    return Templar(loader=LOADER, variables=variables).evaluate_conditional(entry["when"])
+    return holds(Templar(loader=LOADER, variables=variables), entry["when"])
 
 
 def test_boot_modules_and_device_unit_on_a_gpu_host():
@@ -401,6 +402,6 @@ def test_more_cards_than_one_call_can_make_are_refused():
     variables = {**activation(PROBE_H200X2, "580.159.04-0ubuntu1"), "_nvidia_device_cards": 64}
     check = task("tasks/configure.yml", "Check the number of device nodes to make")["ansible.builtin.assert"]
     templar = Templar(loader=LOADER, variables=variables)
-    assert not templar.evaluate_conditional(check["that"])
+    assert not holds(templar, check["that"])
     assert "makes at most 63 card nodes" in " ".join(templar.template(check["fail_msg"]).split())
-    assert Templar(loader=LOADER, variables={**variables, "_nvidia_device_cards": 63}).evaluate_conditional(check["that"])
+    assert holds(Templar(loader=LOADER, variables={**variables, "_nvidia_device_cards": 63}), check["that"])

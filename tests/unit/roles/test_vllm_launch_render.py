@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import Templar
 from ansible_collections.gpufleet.serving.plugins.filter import systemd_exec_start
 from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts, vllm_instances, vllm_launch, vllm_planner
 from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan as vllm_plan_module
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import load_trusted, trust_as_template
 
 ROOT = Path(__file__).resolve().parents[3]
 LOADER = DataLoader()
@@ -123,14 +124,14 @@ def plan_for(inventory, tmp_path):
 def render_instance(plan, instance):
     """The drop-in's ExecStart= words and the environment file's variables, as systemd reads them."""
     role = ROOT / "roles" / "vllm"
-    variables = dict(LOADER.load_from_file(str(role / "defaults" / "main.yml"), trusted_as_template=True))
+    variables = dict(load_trusted(LOADER, str(role / "defaults" / "main.yml")))
     variables.update(
         vllm_plan=plan,
         item=instance,
         ansible_managed="Ansible managed",
         __vllm_unit={"checksum": "0123"},
     )
-    variables.update(LOADER.load_from_file(str(role / "vars" / "main.yml"), trusted_as_template=True))
+    variables.update(load_trusted(LOADER, str(role / "vars" / "main.yml")))
     templar = Templar(loader=LOADER, variables=variables)
     # The collection's filter, called as the template calls it (the test's Templar has no collection loader).
     text = (role / "templates" / "vllm-launch.conf.j2").read_text()

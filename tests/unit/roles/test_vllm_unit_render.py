@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import Templar
 from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts, vllm_planner
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import load_trusted, trust_as_template
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -27,7 +28,7 @@ DEVICES_UNIT = "gpufleet-nvidia-devices.service"
 
 
 def load(rel):
-    return LOADER.load_from_file(str(ROOT / rel), trusted_as_template=True)
+    return load_trusted(LOADER, str(ROOT / rel))
 
 
 def h200x2_plan(device="cuda", **launch):

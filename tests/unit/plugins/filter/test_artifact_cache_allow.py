@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
-from ansible.module_utils import _internal as module_utils_internal
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import import_controller_plugin
 
 # Importing a filter plugin (ansible.errors) marks the process as the controller, after which
 # AnsibleModule.warn() in other test files goes to the controller's display instead of the
-# module result (see test_plan_table.py); put the flag back.
-_WAS_CONTROLLER = module_utils_internal.is_controller
-artifact_cache_allow = importlib.import_module("ansible_collections.gpufleet.serving.plugins.filter.artifact_cache_allow").artifact_cache_allow
-module_utils_internal.is_controller = _WAS_CONTROLLER
+# module result (see test_plan_table.py); import_controller_plugin puts the flag back.
+artifact_cache_allow = import_controller_plugin("ansible_collections.gpufleet.serving.plugins.filter.artifact_cache_allow").artifact_cache_allow
 
 
 def test_the_allow_filter_gives_loopback_and_the_fleet():

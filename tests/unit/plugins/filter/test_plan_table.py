@@ -4,19 +4,16 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
-from ansible.module_utils import _internal as module_utils_internal
 from ansible_collections.gpufleet.serving.plugins.module_utils import vllm_planner
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import import_controller_plugin
 
 # A filter plugin is controller code: importing it (ansible.errors) sets ansible's
 # process-wide "is_controller" flag, after which AnsibleModule.warn() in other test
-# files goes to the controller's display instead of the module result. Put it back.
-_WAS_CONTROLLER = module_utils_internal.is_controller
-plan_table_plugin = importlib.import_module("ansible_collections.gpufleet.serving.plugins.filter.plan_table")
-module_utils_internal.is_controller = _WAS_CONTROLLER
+# files goes to the controller's display instead of the module result; import_controller_plugin puts it back.
+plan_table_plugin = import_controller_plugin("ansible_collections.gpufleet.serving.plugins.filter.plan_table")
 plan_table = plan_table_plugin.plan_table
 AnsibleFilterError = plan_table_plugin.AnsibleFilterError
 

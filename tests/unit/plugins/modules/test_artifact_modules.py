@@ -13,9 +13,8 @@ import struct
 import threading
 
 import pytest
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.serving.plugins.modules import artifact_fetch, artifact_manifest
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import patch_module_args, run_as_module
 
 
 def safetensors(data):
@@ -31,7 +30,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
     """AnsibleModule keeps warnings in a module-level dict: start each test with none."""
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    run_as_module(monkeypatch)
 
 
 def run(capsys, module, args, check_mode=False):

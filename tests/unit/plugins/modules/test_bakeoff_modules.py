@@ -7,9 +7,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.serving.plugins.modules import bakeoff_report, load_generate
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import patch_module_args, run_as_module
 
 
 class FakeVLLM(BaseHTTPRequestHandler):
@@ -47,7 +46,7 @@ RESULTS = [
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    run_as_module(monkeypatch)
 
 
 @pytest.fixture

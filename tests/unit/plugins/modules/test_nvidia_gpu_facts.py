@@ -9,11 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from ansible.module_utils import _internal as module_utils_internal
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts
 from ansible_collections.gpufleet.serving.plugins.modules import nvidia_gpu_facts
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import patch_module_args, run_as_module
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "nvml"
 _spec = importlib.util.spec_from_file_location("fake_nvml", FIXTURES / "fake_nvml.py")
@@ -34,8 +32,7 @@ def fresh_warnings(monkeypatch):
     ansible.template in the role tests) sets is_controller, which sends warn() to the
     controller's display instead of the result.
     """
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
-    monkeypatch.setattr(module_utils_internal, "is_controller", False)
+    run_as_module(monkeypatch)
 
 
 def run_module(capsys, args, check_mode=False):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.serving.plugins.modules import vllm_instances
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import patch_module_args
 
 SHOWS = {
     "vllm@0.service": "ActiveState=active\nSubState=running\nMainPID=11\nNRestarts=0\nResult=success\n",

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.serving.plugins.module_utils import gpu_catalog, nvml_facts, vllm_launch, vllm_planner
 from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import patch_module_args, run_as_module
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
 MODEL_8B = str(FIXTURES / "models" / "Llama-3.1-8B")
@@ -22,7 +21,7 @@ MODEL_70B = str(FIXTURES / "models" / "Llama-3.1-70B" / "config.json")
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(ansible_warnings, "_global_warnings", {})
+    run_as_module(monkeypatch)
 
 
 @pytest.fixture
