@@ -19,6 +19,8 @@ from unittest import mock
 from ansible.module_utils import basic
 from ansible.module_utils.common import warnings as ansible_warnings
 
+__all__ = ["DATA_TAGGING", "holds", "import_controller_plugin", "load_trusted", "patch_module_args", "run_as_module", "trust_as_template"]
+
 try:  # 2.19: a string is a template only when trusted
     from ansible.template import trust_as_template
 
