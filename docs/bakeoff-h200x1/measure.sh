@@ -8,6 +8,8 @@
 # OUTDIR/MODEL.tar.gz (report, measurement file, box.json, logs).
 # MEASURE_BOX_ARGS adds options to every run (for example --python).
 set -eu
+# The extra options, split on blanks (none when unset).
+read -r -a extra <<<"${MEASURE_BOX_ARGS:-}"
 out=${1:?usage: measure.sh OUTDIR MODEL:CONCURRENCY:REQUESTS ...}; shift
 work=/tmp/measure-box
 mkdir -p "$work" "$out"
@@ -41,7 +43,7 @@ for spec in "$@"; do
   python3 tools/measure_box.py --model "$dir" --settings "$work/settings.json" "${facts[@]}" \
     --concurrency "$levels" --prompt-words 224 --output-tokens 256 --requests "$requests" --warmup 2 \
     --start-timeout 600 --host "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' _)x$(nvidia-smi -L | wc -l)" \
-    --cache-dir "$work/cache" --out "$work/out/$model" ${MEASURE_BOX_ARGS:-} || rc=$?
+    --cache-dir "$work/cache" --out "$work/out/$model" "${extra[@]}" || rc=$?
   echo "=== $model: rc=$rc in $(( $(date +%s) - start )) s"
   tar -C "$work/out" -czf "$out/$model.tar.gz" "$model"
 done

@@ -39,8 +39,8 @@ def pins(name):
 
 
 def minor(version):
-    major, minor_, *_ = version.split(".")
-    return int(major), int(minor_)
+    parts = version.split(".")
+    return int(parts[0]), int(parts[1])
 
 
 def claimed_range():
@@ -75,7 +75,7 @@ def test_the_oldest_virtualenv_shares_every_other_pin():
 
 @pytest.mark.parametrize("role", ROLES)
 def test_roles_ask_for_the_oldest_claimed_ansible_core(role):
-    low, _ = claimed_range()
+    low = claimed_range()[0]
     assert meta(role)["min_ansible_version"] == f"{low[0]}.{low[1]}"
 
 
@@ -101,7 +101,7 @@ def test_platforms_are_the_nvidia_roles_and_ubuntu_says_render_tested_only(role)
         if function:
             assert re.search(rf"^def {function}\(", (ROOT / path).read_text(), re.M), f"{path} has no {function}"
     if role in BRANCHING:
-        assert BRANCHING[role] in [path for path, _ in named]
+        assert BRANCHING[role] in [pair[0] for pair in named]
 
 
 def test_the_nvidia_role_supports_what_the_meta_claims():
@@ -114,7 +114,7 @@ def test_the_nvidia_render_test_covers_each_ubuntu_release():
     tree = ast.parse((ROOT / BRANCHING["nvidia"]).read_text())
     node = next(n.value for n in tree.body if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "PLATFORMS" for t in n.targets))
     platforms = ast.literal_eval(node)
-    rendered = {(name, version) for name, version, *_ in platforms.values()}
+    rendered = {row[:2] for row in platforms.values()}
     for name, codes in CODENAMES.items():
         for version in codes.values():
             assert any(n == name and (v == version or v.startswith(version + ".")) for n, v in rendered), (name, version)
