@@ -25,13 +25,7 @@ requirements:
   - matplotlib on the host the module runs on (the plots).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - gpufleet.serving.attributes
 options:
   host:
     description:

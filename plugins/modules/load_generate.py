@@ -22,14 +22,11 @@ requirements:
   - Python 3.8 or later. No third-party library.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - gpufleet.serving.attributes
 attributes:
   check_mode:
     support: partial
     details: In check mode the settings are checked and no request is sent.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 options:
   url:
     description:

@@ -27,16 +27,11 @@ requirements:
     Neither is needed with O(snapshot).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - gpufleet.serving.attributes
   - ansible.builtin.action_common_attributes.facts
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
   facts:
     support: full
-  platform:
-    platforms: posix
 options:
   snapshot:
     description:

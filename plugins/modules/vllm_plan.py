@@ -35,13 +35,7 @@ requirements:
   - Python 3.8 or later. No third-party library.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - gpufleet.serving.attributes
 options:
   gpus:
     description:

@@ -20,14 +20,8 @@ description:
 author: gpufleet.serving contributors (@gpufleet)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - gpufleet.serving.attributes
   - ansible.builtin.files
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 options:
   plan:
     description: The plan the host runs (the C(gpufleet_plan) of the C(gpufleet.serving.plan) role).
