@@ -155,11 +155,8 @@ def _checked_inputs(inputs):
     _check_inputs(inputs)
 
 
-def assessment(known, **kwargs):
-    """Everything the choosers read, made once: cards, model, budget, the fit of every split, the reasons and warnings so far.
-
-    ``known`` collects the model's name and the cards' words as they are read (for a refusal's details).
-    """
+def _assess(known, kwargs):
+    """The assessment; ``known`` is assessment()'s own record of the model's name and the cards' words as they are read."""
     unknown = sorted(set(kwargs) - set(PLAN_DEFAULTS))
     if unknown:
         raise TypeError("plan() got unexpected keyword arguments: %s" % ", ".join(unknown))
@@ -182,6 +179,19 @@ def assessment(known, **kwargs):
     a["reasons"] = tuple(base_reasons(a, a["dtype_note"], a["weights_source"], smallest))
     check_tensor_parallel(a)
     return a
+
+
+def assessment(**kwargs):
+    """Everything the choosers read, made once: cards, model, budget, the fit of every split, the reasons and warnings so far.
+
+    A refusal's ``details`` carry the model's name and the cards' words when they were read.
+    """
+    known = {}
+    try:
+        return _assess(known, kwargs)
+    except PlanError as exc:
+        exc.details = dict(known)
+        raise
 
 
 def _with_reason(result, reason, source=None):
@@ -236,15 +246,14 @@ def _plan_topology(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE
     Raises PlanError naming the input to change; its ``details`` carry the model
     name and the cards when they were known.
     """
-    known = {}
+    a = assessment(**kwargs)
     try:
-        a = assessment(known, **kwargs)
         estimate = dict(plan_of(a, choose(a, a["topology"])), source="estimated")
         if measured is None or measured == "":
             return estimate
         return _measured(a, estimate, measured, measured_max_age_days, now)
     except PlanError as exc:
-        exc.details = dict(known)
+        exc.details = {"model": a["name"], "cards": a["cards_words"]}
         raise
 
 
