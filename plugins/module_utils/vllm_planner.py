@@ -26,7 +26,8 @@ The rules, and the figures behind them, are explained in docs/planner.md.
 
 from __future__ import annotations
 
-import datetime  # noqa: F401  (tests read vllm_planner.datetime)
+# Tests and callers read vllm_planner.datetime (the measurement times are datetimes).
+import datetime  # noqa: F401  # pylint: disable=unused-import
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_cards import group_interconnect
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common import (
