@@ -153,15 +153,30 @@ def _split_copies(a, tp):
     return _choice("tp", tp, reasons)
 
 
+def _copies(a, tp):
+    return _one_copy_per_card(a) if tp == 1 else _split_copies(a, tp)
+
+
+def choose_throughput(a):
+    """Objective throughput: the smallest split that fits (or tensor_parallel_size), as many copies as the cards hold."""
+    return _copies(a, a["tensor_parallel_size"] or a["tp_min"])
+
+
+def choose_latency(a):
+    """Objective latency: more tensor parallel than the smallest split only when the estimated per-token time pays for a copy."""
+    if a["tensor_parallel_size"] is not None or a["n"] < 2:
+        return choose_throughput(a)
+    tp, reason = latency_tp(a)
+    choice = _copies(a, tp)
+    return dict(choice, reasons=[reason, *choice["reasons"]])
+
+
+OBJECTIVE_CHOOSERS = {"throughput": choose_throughput, "latency": choose_latency}
+
+
 def choose_auto(a, forced_by=None):
-    """Topology auto: the estimate's choice for the objective (throughput, or latency on 2 or more cards)."""
-    tp = a["tensor_parallel_size"] or a["tp_min"]
-    reasons = []
-    if a["tensor_parallel_size"] is None and a["objective"] == "latency" and a["n"] >= 2:
-        tp, reason = latency_tp(a)
-        reasons.append(reason)
-    choice = _one_copy_per_card(a) if tp == 1 else _split_copies(a, tp)
-    return dict(choice, reasons=reasons + choice["reasons"])
+    """Topology auto: the chooser of the objective (``forced_by`` is unused: nothing was forced)."""
+    return OBJECTIVE_CHOOSERS[a["objective"]](a)
 
 
 CHOOSERS = {"auto": choose_auto, "dp": choose_dp, "vllm_dp": choose_vllm_dp, "tp": choose_tp}

@@ -131,3 +131,14 @@ def test_a_refusal_after_the_assessment_still_names_model_and_cards(h200x2):
 def test_an_unknown_planning_input_is_a_type_error(h200x2):
     with pytest.raises(TypeError, match="tensor_parallel"):
         vp.plan(gpus=h200x2, model=LLAMA_8B, tensor_parallel=2)
+
+
+def test_one_chooser_per_objective_over_one_assessment(h200x2):
+    """Two NVLinked H200s and an 8B model: throughput keeps a copy per card, latency takes tensor parallel 2, from the same figures."""
+    a = planner_plan.assessment(gpus=h200x2, model=LLAMA_8B)
+    throughput = planner_choose.choose_throughput(a)
+    latency = planner_choose.choose_latency(a)
+    assert (throughput["topology"], throughput["tp"]) == ("dp", 1)
+    assert (latency["topology"], latency["tp"]) == ("tp", 2)
+    assert latency["reasons"][0].startswith("Objective latency: cards 0,1 are joined by NVLink")
+    assert planner_choose.choose_latency(dict(a, tensor_parallel_size=1)) == planner_choose.choose_throughput(dict(a, tensor_parallel_size=1))
