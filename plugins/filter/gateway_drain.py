@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from ansible.errors import AnsibleFilterError
-from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_layout import MODEL_VERSION, GatewayLayoutError, drain, parse_drained
+from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_layout import GatewayLayoutError, drain, load_model, parse_drained
 
 DOCUMENTATION = r"""
 name: gateway_drain
@@ -22,11 +20,11 @@ description:
 positional: _input, drained, tier, names, state
 options:
   _input:
-    description: The host's site model.
+    description: The host's site model, as JSON text or a dict; null when the host has none.
     type: raw
     required: true
   drained:
-    description: The host's drained set, or null.
+    description: The host's drained set, as JSON text or a dict, or null.
     type: raw
     required: true
   tier:
@@ -52,24 +50,27 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: C(drained) (the new set), C(unknown) (names refused) and C(problems).
+  description: C(drained) (the new set), C(model) (the host's site model), C(unknown) (names refused) and C(problems).
   type: dict
 """
 
 
 def gateway_drain(model, drained, tier, names, state):
-    if not isinstance(model, Mapping) or model.get("version") != MODEL_VERSION:
-        return {"drained": None, "unknown": [], "problems": ["the site model is missing or was written by another version of the role"]}
+    if model is None:
+        return {"drained": None, "model": None, "unknown": [], "problems": ["the site model is missing: the gateway role has not run on this host yet"]}
+    model, problems = load_model(model)
+    if problems:
+        return {"drained": None, "model": None, "unknown": [], "problems": ["the site model " + p for p in problems]}
     current, problems = parse_drained(drained)
     if problems:
-        return {"drained": None, "unknown": [], "problems": ["the drained set " + p for p in problems]}
+        return {"drained": None, "model": None, "unknown": [], "problems": ["the drained set " + p for p in problems]}
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise AnsibleFilterError("gateway_drain: names must be a list of strings")
     try:
         result = drain(model, current, tier, names, state)
     except GatewayLayoutError as exc:
         raise AnsibleFilterError("gateway_drain: %s" % exc) from None
-    return dict(result, problems=[])
+    return dict(result, model=model, problems=[])
 
 
 class FilterModule:

@@ -21,7 +21,7 @@ description:
 positional: _input, model, reset
 options:
   _input:
-    description: The drained set, C({version, server, fleet}), or null.
+    description: The drained set, C({version, server, fleet}) as JSON text or a dict, or null.
     type: raw
     required: true
   model:
@@ -29,7 +29,8 @@ options:
     type: dict
     required: true
   reset:
-    description: Put every server back (C(gateway_undrain_all)); the set read is then only reported.
+    description: Put every server back (C(gateway_undrain_all)); the set read is then only reported, and a set that
+      cannot be read is no reason to stop.
     type: bool
     default: false
 """
@@ -37,15 +38,15 @@ options:
 EXAMPLES = r"""
 - name: The site model with the drained servers marked down
   ansible.builtin.debug:
-    msg: "{{ (__state.content | b64decode | from_json) | gpufleet.serving.gateway_drained(_gateway_model) }}"
+    msg: "{{ (__state.content | b64decode) | gpufleet.serving.gateway_drained(_gateway_model) }}"
 """
 
 RETURN = r"""
 _value:
   description:
     - C(model) (the site model with C(down) set), C(drained) (the set in force, as the state file holds it),
-      C(kept) (per tier, the names marked down), C(stale) (per tier, drained names the model has no server for,
-      left out) and C(problems).
+      C(kept) (per tier, the names marked down), C(released) (per tier, the names O(reset) put back),
+      C(stale) (per tier, drained names the model has no server for, left out) and C(problems).
   type: dict
 """
 
@@ -54,13 +55,14 @@ def gateway_drained(state, model, reset=False):
     if not isinstance(model, Mapping):
         raise AnsibleFilterError("gateway_drained: the model must be a site model (a dict)")
     drained, problems = parse_drained(state)
-    if problems:
-        return {"model": model, "drained": drained, "kept": {}, "stale": {}, "problems": problems}
-    result = apply_drained(model, empty_drained() if reset else drained)
-    kept = {tier: names for tier, names in result["kept"].items()}
+    if problems and not reset:
+        return {"model": model, "drained": drained, "kept": {}, "released": {}, "stale": {}, "problems": problems}
+    found = apply_drained(model, drained)
+    result = apply_drained(model, empty_drained()) if reset else found
     in_force = empty_drained()
-    in_force.update(kept)
-    return {"model": result["model"], "drained": in_force, "kept": kept, "stale": result["stale"], "problems": []}
+    in_force.update(result["kept"])
+    released = found["kept"] if reset else {tier: [] for tier in found["kept"]}
+    return {"model": result["model"], "drained": in_force, "kept": result["kept"], "released": released, "stale": found["stale"], "problems": []}
 
 
 class FilterModule:

@@ -19,6 +19,7 @@ Everything here is pure: no host, no file, no network.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -28,6 +29,10 @@ TIERS = ("server", "fleet")
 # servers' names (fleet tier), as role_inputs' `name` check allows them.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 MAX_DRAINED = 4096
+# The state files are read whole: a drained set is small, a site model at most
+# a few thousand upstream servers.
+MAX_STATE_BYTES = 1 << 20
+MAX_MODEL_BYTES = 16 << 20
 LOOPBACK = ("127.0.0.1", "::1")
 
 
@@ -255,14 +260,46 @@ def empty_drained():
     return {"version": MODEL_VERSION, "server": [], "fleet": []}
 
 
+def _from_json(value, limit):
+    """(value, problem): JSON text parsed (bounded), anything else as it is."""
+    if not isinstance(value, str):
+        return value, None
+    if len(value) > limit:
+        return None, "is larger than %d bytes" % limit
+    try:
+        return json.loads(value), None
+    except ValueError as exc:
+        return None, "is not JSON (%s)" % str(exc)[:200]
+
+
+def load_model(value):
+    """(site model, problems) from the JSON a host keeps (or a dict): only a model of this version is used."""
+    found, problem = _from_json(value, MAX_MODEL_BYTES)
+    if problem:
+        return None, [problem]
+    if not isinstance(found, Mapping) or found.get("version") != MODEL_VERSION:
+        return None, ["is not a site model of version %d (the role writes it on every run)" % MODEL_VERSION]
+    for tier in TIERS:
+        part = found.get(tier)
+        if part is not None and not (isinstance(part, Mapping) and isinstance(part.get("upstream"), Mapping)):
+            return None, ["has no upstream for its %s tier" % tier]
+        servers = part["upstream"].get("servers") if part else []
+        if not isinstance(servers, list) or not all(isinstance(x, Mapping) and isinstance(x.get("label"), str) for x in servers):
+            return None, ["has %s upstream servers without a name" % tier]
+    return found, []
+
+
 def parse_drained(value):
-    """(drained set, problems) from what the host's state file holds (a dict, or None when there is none).
+    """(drained set, problems) from what the host's state file holds (JSON text or a dict; None when there is none).
 
     A set that is not what the drain entry point writes is reported, not used:
     the caller refuses to go on rather than guess what was drained.
     """
     if value is None:
         return empty_drained(), []
+    value, problem = _from_json(value, MAX_STATE_BYTES)
+    if problem:
+        return empty_drained(), [problem]
     if not isinstance(value, Mapping):
         return empty_drained(), ["must be a JSON object {\"version\": 1, \"server\": [...], \"fleet\": [...]}"]
     problems = []
