@@ -21,7 +21,7 @@ description:
   - The fleet peers are the C(gateway_address) (else the name) of every host of O(fleet_hosts).
   - Port and weight given as strings of digits become numbers; other values are passed on as they are, for the
     role's input check to name them.
-positional: _input, hostvars, server_hosts, fleet_hosts, default_port, is_server, is_fleet
+positional: _input, hostvars, server_hosts, fleet_hosts, default_port
 options:
   _input:
     description: C(gateway_backends), a list of C({address, name, port, weight}); empty means the server group.
@@ -88,7 +88,7 @@ def _host_vars(hostvars, hosts):
     return out
 
 
-def gateway_hosts(given, hostvars, server_hosts, fleet_hosts, default_port, is_server=False, is_fleet=False):
+def gateway_hosts(given, hostvars, server_hosts, fleet_hosts, default_port, *, is_server=False, is_fleet=False):
     if not isinstance(given, list) or not all(isinstance(b, Mapping) for b in given):
         raise AnsibleFilterError("gateway_backends must be a list of {address, name, port, weight}, not %r" % (given,))
     if not isinstance(hostvars, Mapping):

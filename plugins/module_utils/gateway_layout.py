@@ -115,10 +115,7 @@ def _upstream_host(address):
 # --- the parts of the model ----------------------------------------------------------
 def local_servers(instances):
     """The server tier's upstream: every instance on loopback."""
-    return [
-        {"host": "127.0.0.1", "port": i["port"], "weight": 1, "comment": "vllm@%s" % i["name"], "label": str(i["name"]), "down": False}
-        for i in instances
-    ]
+    return [{"host": "127.0.0.1", "port": i["port"], "weight": 1, "comment": "vllm@%s" % i["name"], "label": str(i["name"]), "down": False} for i in instances]
 
 
 def fleet_servers(backend_list, resolved):
@@ -200,7 +197,9 @@ def _fleet_tier(settings, context):
     health_names = [b["address"] for b in context["backends"]] + list(context["peers"])
     tls = context["tls"]
     return {
-        "upstream": _upstream("gpufleet_fleet", fleet_servers(context["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings),
+        "upstream": _upstream(
+            "gpufleet_fleet", fleet_servers(context["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings
+        ),
         "listen": fleet_listen(settings, tls),
         "server_name": settings["gateway_server_name"],
         "tls": {"certificate": context["files"]["tls_certificate"], "key": context["files"]["tls_key"]} if tls else None,
@@ -243,8 +242,7 @@ def site_model(settings, context):
             "access_log": settings["gateway_access_log"],
             "error_log": settings["gateway_error_log"],
             "proxy": {
-                key: settings["gateway_" + key]
-                for key in ("connect_timeout", "read_timeout", "send_timeout", "next_upstream_tries", "client_max_body_size")
+                key: settings["gateway_" + key] for key in ("connect_timeout", "read_timeout", "send_timeout", "next_upstream_tries", "client_max_body_size")
             },
             "server": _server_tier(settings, context) if context["is_server"] else None,
             "fleet": _fleet_tier(settings, context) if context["is_fleet"] else None,
@@ -301,7 +299,7 @@ def parse_drained(value):
     if problem:
         return empty_drained(), [problem]
     if not isinstance(value, Mapping):
-        return empty_drained(), ["must be a JSON object {\"version\": 1, \"server\": [...], \"fleet\": [...]}"]
+        return empty_drained(), ['must be a JSON object {"version": 1, "server": [...], "fleet": [...]}']
     problems = []
     out = empty_drained()
     if value.get("version") != MODEL_VERSION:

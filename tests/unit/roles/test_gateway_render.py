@@ -13,15 +13,23 @@ keys, drain marks, the refusals).
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import _internal as module_utils_internal
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
-from ansible_collections.gpufleet.serving.plugins.filter.gateway_drained import gateway_drained
-from ansible_collections.gpufleet.serving.plugins.filter.gateway_hosts import gateway_hosts
-from ansible_collections.gpufleet.serving.plugins.filter.gateway_site_model import gateway_site_model
+
+# Importing a filter plugin marks the process as the controller (see
+# tests/unit/plugins/filter/test_artifact_cache_allow.py); put the flag back.
+_WAS_CONTROLLER = module_utils_internal.is_controller
+_FILTERS = "ansible_collections.gpufleet.serving.plugins.filter."
+gateway_drained = importlib.import_module(_FILTERS + "gateway_drained").gateway_drained
+gateway_hosts = importlib.import_module(_FILTERS + "gateway_hosts").gateway_hosts
+gateway_site_model = importlib.import_module(_FILTERS + "gateway_site_model").gateway_site_model
+module_utils_internal.is_controller = _WAS_CONTROLLER
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "gateway"
 LOADER = DataLoader()
@@ -60,7 +68,9 @@ def settings(host, **overrides):
 
 def host_lists(host, values, groups):
     is_server, is_fleet = host in groups["gpu_servers"], host in groups["gateways"]
-    hosts = gateway_hosts(values["gateway_backends"], HOSTVARS, groups["gpu_servers"], groups["gateways"], values["gateway_server_port"], is_server, is_fleet)
+    hosts = gateway_hosts(
+        values["gateway_backends"], HOSTVARS, groups["gpu_servers"], groups["gateways"], values["gateway_server_port"], is_server=is_server, is_fleet=is_fleet
+    )
     return is_server, is_fleet, hosts
 
 
