@@ -459,3 +459,10 @@ def test_drain_entry_point_names_its_inputs():
     spec = load("meta/argument_specs.yml")["argument_specs"]["drain"]["options"]
     assert sorted(spec) == ["gateway_drain_names", "gateway_drain_state", "gateway_drain_tier"]
     assert all(o["required"] for o in spec.values())
+
+
+def test_server_tier_sends_the_instances_key_from_its_include():
+    server = server_block(conf("gpu1", instance_key="yes"), 8000)
+    assert "include /etc/nginx/gpufleet/instance-auth.conf;" in server
+    assert 'proxy_set_header Authorization "";' not in server
+    assert 'proxy_set_header Authorization "";' in server_block(conf("gpu1"), 8000)
