@@ -39,7 +39,7 @@ def served(port):
 
 def send_to_the_server_tier(count):
     """Completions through t-site-gpu1's own nginx (loopback is let in; the server tier checks no key)."""
-    for _ in range(count):
+    for _request in range(count):
         status = sh(GPU, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "120", "-H", "content-type: application/json",
                     "-d", '{"model": "tiny", "prompt": "drain", "max_tokens": 1}', "http://127.0.0.1:8000/v1/completions").stdout  # fmt: skip
         assert status == "200", status
