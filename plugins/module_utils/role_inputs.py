@@ -471,6 +471,7 @@ SCHEMAS = {
         "gateway_conn_limit_per_client": integer(0, 100000),
         "gateway_health_allow": list_of(network),
         "gateway_instance_key_file": server_path("/etc/"),
+        "gateway_undrain_all": boolean,
         # Entry point drain.
         "gateway_drain_tier": one_of("server", "fleet"),
         "gateway_drain_names": list_of(name, max_items=4096),

@@ -1,22 +1,36 @@
 """Render the gateway role's nginx configuration without a host.
 
-The role's defaults, vars and templates are read with Ansible's loader and
-rendered with Ansible's Templar, for a small inventory: a fleet gateway, GPU
-servers, and a host in both groups. The preflight asserts are evaluated the
-same way. molecule/site proves the rendered files with a real nginx; this
-covers the variations one scenario cannot (balance modes, TLS, no keys, the
-refusals).
+The site file is a print of one dict, the site model
+(plugins/module_utils/gateway_layout.py, through the role's filters
+gateway_hosts, gateway_site_model and gateway_drained): these tests build the
+model with the filters from the role's defaults and a small inventory (a
+fleet gateway, GPU servers, a host in both groups) and render the role's
+templates from it with Ansible's Templar. The preflight asserts are evaluated
+with the same values. molecule/site proves the rendered files with a real
+nginx; this covers the variations one scenario cannot (balance modes, TLS, no
+keys, drain marks, the refusals).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import pytest
+from ansible.module_utils import _internal as module_utils_internal
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import holds, load_trusted, trust_as_template
+
+# Importing a filter plugin marks the process as the controller (see
+# tests/unit/plugins/filter/test_artifact_cache_allow.py); put the flag back.
+_WAS_CONTROLLER = module_utils_internal.is_controller
+_FILTERS = "ansible_collections.gpufleet.serving.plugins.filter."
+gateway_drained = importlib.import_module(_FILTERS + "gateway_drained").gateway_drained
+gateway_hosts = importlib.import_module(_FILTERS + "gateway_hosts").gateway_hosts
+gateway_site_model = importlib.import_module(_FILTERS + "gateway_site_model").gateway_site_model
+module_utils_internal.is_controller = _WAS_CONTROLLER
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "gateway"
 LOADER = DataLoader()
@@ -32,6 +46,7 @@ INVENTORY = {
     "gw1": {},
 }
 GROUPS = {"gpu_servers": ["gpu1", "gpu2"], "gateways": ["gw1"]}
+HOSTVARS = {name: dict(hv, inventory_hostname=name) for name, hv in INVENTORY.items()}
 # What tasks/inputs.yml resolves on each kind of host.
 RESOLVED = {"gpu1": ["10.0.0.11"], "10.0.0.12": ["10.0.0.12"], "gw1": ["10.0.0.2", "fd00::2"]}
 INSTANCES = {"dp": [{"name": "0", "port": 8001}, {"name": "1", "port": 8002}], "tp": [{"name": "main", "port": 8001}]}
@@ -41,16 +56,75 @@ def load(rel):
     return load_trusted(LOADER, str(ROLE / rel))
 
 
+CONSTANTS = load("vars/main.yml")
+
+
+def settings(host, **overrides):
+    """The role's gateway_* variables on `host`: its defaults, what the host sets, what the test sets."""
+    values = dict(load("defaults/main.yml"))
+    values.update(INVENTORY[host])
+    values.update(overrides)
+    return values
+
+
+def host_lists(host, values, groups):
+    is_server, is_fleet = host in groups["gpu_servers"], host in groups["gateways"]
+    hosts = gateway_hosts(
+        values["gateway_backends"], HOSTVARS, groups["gpu_servers"], groups["gateways"], values["gateway_server_port"], is_server=is_server, is_fleet=is_fleet
+    )
+    return is_server, is_fleet, hosts
+
+
+def model(host, groups=None, instances="dp", drained=None, instance_key="", **overrides):
+    """gateway_drained(gateway_site_model(...)) as tasks/configure.yml gets it on `host`."""
+    groups = groups or GROUPS
+    values = settings(host, **overrides)
+    is_server, is_fleet, hosts = host_lists(host, values, groups)
+    files = {"keys": "/etc/nginx/gpufleet/api-keys.map", "tls_certificate": "/etc/nginx/gpufleet/tls/gateway.crt"}
+    files.update(tls_key="/etc/nginx/gpufleet/tls/gateway.key", instance_auth="/etc/nginx/gpufleet/instance-auth.conf" if instance_key else "")
+    paths = list(dict.fromkeys(CONSTANTS["_gateway_base_paths"] + list(values["gateway_extra_paths"])))
+    context = {
+        "host": host,
+        "is_server": is_server,
+        "is_fleet": is_fleet,
+        "tls": bool(values["gateway_tls_certificate"] and values["gateway_tls_certificate_key"]),
+        "check_keys": len(values["gateway_api_keys"]) > 0,
+        "instances": INSTANCES[instances],
+        "backends": hosts["backends"],
+        "peers": hosts["peers"],
+        "resolved": RESOLVED,
+        "paths": paths,
+        "error_pages": CONSTANTS["_gateway_error_pages"],
+        "files": files,
+    }
+    return gateway_drained(drained, gateway_site_model(values, context))
+
+
+def render_file(variables, name):
+    text = (ROLE / "templates" / name).read_text()
+    engine = Templar(loader=LOADER, variables=variables).copy_with_new_env(searchpath=[str(ROLE / "templates")])
+    return engine.template(trust_as_template(text), escape_backslashes=False, overrides={"trim_blocks": True})
+
+
+def render_model(site_model):
+    """The site file from the model alone: the template reads nothing else."""
+    return render_file({"_gateway_render": site_model, "ansible_managed": "Ansible managed"}, "gpufleet.conf.j2")
+
+
+def conf(host, **kwargs):
+    return render_model(model(host, **kwargs)["model"])
+
+
 def role_vars(host, groups=None, instances="dp", **overrides):
-    """Variables as the role's templates see them on `host`, after tasks/inputs.yml."""
-    variables = dict(load("defaults/main.yml"))
-    variables.update(overrides)
-    variables.update(load("vars/main.yml"))
-    variables.update(INVENTORY[host])
+    """What the preflight's asserts see on `host`: the role's values, with the filters' results in place of their calls."""
+    groups = groups or GROUPS
+    values = settings(host, **overrides)
+    variables = dict(values, **CONSTANTS)
+    variables["_gateway_hosts"] = host_lists(host, values, groups)[2]
     variables.update(
         inventory_hostname=host,
-        groups=groups or GROUPS,
-        hostvars={name: dict(hv, inventory_hostname=name) for name, hv in INVENTORY.items()},
+        groups=groups,
+        hostvars=HOSTVARS,
         _gateway_instances=INSTANCES[instances],
         _gateway_plan_source="gateway_plan",
         _gateway_resolved=RESOLVED,
@@ -59,23 +133,6 @@ def role_vars(host, groups=None, instances="dp", **overrides):
         ansible_check_mode=False,
     )
     return variables
-
-
-def templar(variables):
-    return Templar(loader=LOADER, variables=variables).copy_with_new_env(searchpath=[str(ROLE / "templates")])
-
-
-def render_file(variables, name):
-    text = (ROLE / "templates" / name).read_text()
-    return templar(variables).template(trust_as_template(text), escape_backslashes=False, overrides={"trim_blocks": True})
-
-
-def render(variables, expression):
-    return templar(variables).template(trust_as_template(expression))
-
-
-def conf(host, **kwargs):
-    return render_file(role_vars(host, **kwargs), "gpufleet.conf.j2")
 
 
 def blocks(text, header):
@@ -220,7 +277,7 @@ def test_only_listed_paths_are_forwarded_with_keys_and_limits():
 
 def test_api_key_map_and_keys_file():
     variables = role_vars("gw1", gateway_api_keys=KEYS)
-    text = render_file(variables, "gpufleet.conf.j2")
+    text = conf("gw1", gateway_api_keys=KEYS)
     assert "map $http_authorization $gpufleet_api_key_ok {\n    default 0;\n    include /etc/nginx/gpufleet/api-keys.map;\n}" in text
     assert not any(key in text for key in KEYS)
     keys = render_file(variables, "api-keys.map.j2")
@@ -362,25 +419,51 @@ def test_host_in_no_tier_is_refused():
 @pytest.mark.parametrize(
     ("host", "tier", "name", "expected_line"),
     [
-        ("gpu1", "server", "vllm@1", "server 127.0.0.1:8002 down max_fails"),
+        ("gpu1", "server", "1", "server 127.0.0.1:8002 down max_fails"),
         ("gw1", "fleet", "gpu2", "server 10.0.0.12:9000 down weight=3"),
         ("gw1", "fleet", "gpu1", "server 10.0.0.11:8000 down max_fails"),
     ],
 )
-def test_drain_marks_exactly_one_upstream_line(host, tier, name, expected_line):
-    """tasks/drain.yml edits the rendered file with _gateway_drain_regexp: it must find each server line, mark
-    only that one, and give back the very same file when the mark is removed."""
-    text = conf(host)
-    pattern = re.compile(load("vars/main.yml")["_gateway_drain_regexp"].replace("NAME", re.escape(name)), re.MULTILINE)
-    assert len(pattern.findall(text)) == 1, (name, text)
-    drained = pattern.sub(r"\1 down\2", text)
-    changed = [line.strip() for a, line in zip(text.splitlines(), drained.splitlines()) if a != line]
+def test_a_drained_server_is_the_one_line_marked_down(host, tier, name, expected_line):
+    """The drained set the host keeps marks exactly that upstream line down; without it the file is as before."""
+    serving = conf(host)
+    drained_set = {"version": 1, "server": [], "fleet": [], tier: [name]}
+    result = model(host, drained=drained_set)
+    assert result["problems"] == [] and result["kept"][tier] == [name]
+    drained = render_model(result["model"])
+    changed = [line.strip() for a, line in zip(serving.splitlines(), drained.splitlines()) if a != line]
     assert len(changed) == 1 and changed[0].startswith(expected_line), changed
-    assert pattern.sub(r"\1 down\2", drained) == drained, "draining twice changes nothing"
-    assert pattern.sub(r"\1\2", drained) == text, "bringing it back restores the rendered file"
+    assert len(serving.splitlines()) == len(drained.splitlines())
+    # Reset (gateway_undrain_all) gives back the file without marks.
+    assert render_model(gateway_drained(drained_set, model(host)["model"], True)["model"]) == serving
+
+
+def test_a_drained_set_the_role_did_not_write_is_not_used():
+    result = model("gw1", drained={"version": 1, "fleet": ["gpu1; server 203.0.113.9:80"]})
+    assert result["problems"] and "not instance or server names" in result["problems"][0]
+    assert " down" not in render_model(result["model"])
+
+
+def test_template_reads_only_the_model():
+    """Every value the site file prints comes through _gateway_render (no role variable read in the templates)."""
+    for name in ("gpufleet.conf.j2", "nginx-macros.j2"):
+        text = (ROLE / "templates" / name).read_text()
+        assert not re.search(r"\b_?gateway_(?!render\b)\w+", text.replace("gateway_layout.py", "")), name
+
+
+def test_vars_hold_no_jinja_statements():
+    text = (ROLE / "vars" / "main.yml").read_text()
+    assert "{%" not in text
 
 
 def test_drain_entry_point_names_its_inputs():
     spec = load("meta/argument_specs.yml")["argument_specs"]["drain"]["options"]
     assert sorted(spec) == ["gateway_drain_names", "gateway_drain_state", "gateway_drain_tier"]
     assert all(o["required"] for o in spec.values())
+
+
+def test_server_tier_sends_the_instances_key_from_its_include():
+    server = server_block(conf("gpu1", instance_key="yes"), 8000)
+    assert "include /etc/nginx/gpufleet/instance-auth.conf;" in server
+    assert 'proxy_set_header Authorization "";' not in server
+    assert 'proxy_set_header Authorization "";' in server_block(conf("gpu1"), 8000)

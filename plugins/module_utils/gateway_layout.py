@@ -1,0 +1,361 @@
+# Copyright (c) 2026, gpufleet.serving contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""What the gateway role's nginx site file prints, as plain data.
+
+The gateway role's variables (checked by role_inputs before a host is
+touched) go in; out comes one dict, the site model, that
+roles/gateway/templates/gpufleet.conf.j2 prints and nothing else: the
+upstreams with their server lines, the listen lines, the allow lists, the
+locations. The model also carries the drain marks (`down`) of the upstream
+servers, from the drained set the host keeps (/etc/nginx/gpufleet/drained.json):
+the drain entry point and a normal run of the role render the same model
+through the same template, so the template is the only writer of the site
+file and a server left drained stays drained.
+
+Everything here is pure: no host, no file, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+MODEL_VERSION = 1
+TIERS = ("server", "fleet")
+# The names a drained set may hold: instance names (server tier) and GPU
+# servers' names (fleet tier), as role_inputs' `name` check allows them.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MAX_DRAINED = 4096
+# The state files are read whole: a drained set is small, a site model at most
+# a few thousand upstream servers.
+MAX_STATE_BYTES = 1 << 20
+MAX_MODEL_BYTES = 16 << 20
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+class GatewayLayoutError(ValueError):
+    """Inputs the site model cannot be built from."""
+
+
+def _int_or_raw(value):
+    """An int for an int or a string of digits; anything else as it is, for the schema check to name."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value.strip()):
+        return int(value)
+    return value
+
+
+def _unique(items):
+    out = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+# --- the hosts behind and in front -------------------------------------------------
+def backends(given, server_hosts, host_vars, default_port):
+    """The fleet tier's backends: [{name, address, port, weight}].
+
+    `given` (gateway_backends) when it is not empty, else one backend per host
+    of the server group, from what its own host variables say (host_vars:
+    host -> {gateway_address, gateway_server_port, gateway_weight}, each optional).
+    """
+    if given:
+        return [
+            {
+                "name": b.get("name", b.get("address")),
+                "address": b.get("address"),
+                "port": _int_or_raw(b.get("port", default_port)),
+                "weight": _int_or_raw(b.get("weight", 1)),
+            }
+            for b in given
+        ]
+    out = []
+    for host in server_hosts:
+        own = host_vars.get(host) or {}
+        out.append(
+            {
+                "name": host,
+                "address": own.get("gateway_address", host),
+                "port": _int_or_raw(own.get("gateway_server_port", default_port)),
+                "weight": _int_or_raw(own.get("gateway_weight", 1)),
+            }
+        )
+    return out
+
+
+def fleet_peers(fleet_hosts, host_vars):
+    """The names (or addresses) of the fleet gateways, as the server tier resolves them."""
+    return [(host_vars.get(host) or {}).get("gateway_address", host) for host in fleet_hosts]
+
+
+def names_to_resolve(backend_list, peers, is_server, is_fleet):
+    """The names this host resolves: the GPU servers it proxies to (fleet tier), the gateways it lets in (either tier)."""
+    names = [b["address"] for b in backend_list] if is_fleet else []
+    if is_server or is_fleet:
+        names += list(peers)
+    return _unique(names)
+
+
+def _addresses(resolved, name):
+    return list(resolved.get(name) or [])
+
+
+def _upstream_host(address):
+    return "[%s]" % address if ":" in address else address
+
+
+# --- the parts of the model ----------------------------------------------------------
+def local_servers(instances):
+    """The server tier's upstream: every instance on loopback."""
+    return [{"host": "127.0.0.1", "port": i["port"], "weight": 1, "comment": "vllm@%s" % i["name"], "label": str(i["name"]), "down": False} for i in instances]
+
+
+def fleet_servers(backend_list, resolved):
+    """The fleet tier's upstream: every GPU server by its first address (the name when nothing resolved)."""
+    out = []
+    for b in backend_list:
+        address = (_addresses(resolved, b["address"]) or [b["address"]])[0]
+        comment = b["name"] if b["address"] == b["name"] else "%s (%s)" % (b["name"], b["address"])
+        out.append({"host": _upstream_host(address), "port": b["port"], "weight": b["weight"], "comment": comment, "label": b["name"], "down": False})
+    return out
+
+
+def allow_list(names, resolved, extra):
+    """Loopback, every address each name resolved to, then `extra`, each once."""
+    found = list(LOOPBACK)
+    for name in names:
+        found += _addresses(resolved, name)
+    return _unique(found + list(extra))
+
+
+def server_listen(settings):
+    port, address = settings["gateway_server_port"], settings["gateway_server_listen_address"]
+    out = [{"port": port, "address": address, "extra": ""}]
+    if address not in ("", "0.0.0.0", "127.0.0.1"):
+        out.append({"port": port, "address": "127.0.0.1", "extra": ""})
+    if settings["gateway_listen_ipv6"] and address == "":
+        out.append({"port": port, "address": "[::]", "extra": ""})
+    return out
+
+
+def fleet_listen(settings, tls):
+    out = []
+    wanted = [] if (tls and settings["gateway_tls_only"]) else [(settings["gateway_http_port"], "")]
+    if tls:
+        wanted.append((settings["gateway_https_port"], "ssl http2"))
+    for port, extra in wanted:
+        out.append({"port": port, "address": "", "extra": extra})
+        if settings["gateway_listen_ipv6"]:
+            out.append({"port": port, "address": "[::]", "extra": extra})
+    return out
+
+
+def locations(paths, upstream, check_key=False, rate_limit=False):
+    return [{"path": p, "upstream": upstream, "check_key": check_key, "rate_limit": rate_limit} for p in paths]
+
+
+def _upstream(name, servers, keepalive_timeout, settings):
+    return {
+        "name": name,
+        "balance": settings["gateway_balance"],
+        "servers": servers,
+        "max_fails": settings["gateway_max_fails"],
+        "fail_timeout": settings["gateway_fail_timeout"],
+        "keepalive": settings["gateway_keepalive_connections"],
+        "keepalive_timeout": keepalive_timeout,
+    }
+
+
+def _pages(pages, tier):
+    return [{"code": p["code"], "type": p["type"], "message": p["message"]} for p in pages if tier in p["tiers"]]
+
+
+def _server_tier(settings, context):
+    return {
+        "port": settings["gateway_server_port"],
+        "upstream": _upstream("gpufleet_local", local_servers(context["instances"]), settings["gateway_instance_keepalive_timeout"], settings),
+        "listen": server_listen(settings),
+        # Longer than the gateways keep their idle connections to this tier.
+        "keepalive_timeout": int(settings["gateway_server_keepalive_timeout"]) + 15,
+        "allow": allow_list(context["peers"], context["resolved"], settings["gateway_server_allow"]),
+        "auth_file": context["files"]["instance_auth"],
+        "error_pages": _pages(context["error_pages"], "server"),
+        "locations": locations(context["paths"], "gpufleet_local"),
+    }
+
+
+def _fleet_tier(settings, context):
+    check_keys, limited = bool(context["check_keys"]), len(settings["gateway_rate_limit"]) > 0
+    health_names = [b["address"] for b in context["backends"]] + list(context["peers"])
+    tls = context["tls"]
+    return {
+        "upstream": _upstream(
+            "gpufleet_fleet", fleet_servers(context["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings
+        ),
+        "listen": fleet_listen(settings, tls),
+        "server_name": settings["gateway_server_name"],
+        "tls": {"certificate": context["files"]["tls_certificate"], "key": context["files"]["tls_key"]} if tls else None,
+        "check_keys": check_keys,
+        "keys_file": context["files"]["keys"],
+        "zone_size": settings["gateway_rate_limit_zone_size"],
+        "auth_fail": {"rate": settings["gateway_auth_fail_rate"], "burst": settings["gateway_auth_fail_burst"]},
+        "rate_limit": {
+            "rate": settings["gateway_rate_limit"],
+            "burst": settings["gateway_rate_limit_burst"],
+            "key": "$http_authorization" if settings["gateway_rate_limit_by"] == "api_key" else "$binary_remote_addr",
+        }
+        if limited
+        else None,
+        "conn_limit": int(settings["gateway_conn_limit_per_client"]),
+        "health_allow": allow_list(health_names, context["resolved"], settings["gateway_health_allow"]),
+        "error_pages": _pages(context["error_pages"], "fleet"),
+        "locations": locations(context["paths"], "gpufleet_fleet", check_key=check_keys, rate_limit=limited),
+    }
+
+
+def site_model(settings, context):
+    """The site model of one host.
+
+    settings: the role's gateway_* variables. context: host (inventory name),
+    is_server, is_fleet, tls, check_keys, instances [{name, port}], backends
+    (from backends()), peers (from fleet_peers()), resolved (name -> [addresses]),
+    paths (the forwarded paths), error_pages [{code, tiers, type, message}] and
+    files {keys, tls_certificate, tls_key, instance_auth ('' when the server tier
+    sends no key)}. Every upstream server starts as serving: apply_drained marks.
+    """
+    try:
+        header = settings["gateway_hash_header"]
+        return {
+            "version": MODEL_VERSION,
+            "host": context["host"],
+            "balance": settings["gateway_balance"],
+            "hash_variable": "$http_" + header.lower().replace("-", "_"),
+            "hash_header": header,
+            "access_log": settings["gateway_access_log"],
+            "error_log": settings["gateway_error_log"],
+            "proxy": {
+                key: settings["gateway_" + key] for key in ("connect_timeout", "read_timeout", "send_timeout", "next_upstream_tries", "client_max_body_size")
+            },
+            "server": _server_tier(settings, context) if context["is_server"] else None,
+            "fleet": _fleet_tier(settings, context) if context["is_fleet"] else None,
+        }
+    except KeyError as exc:
+        raise GatewayLayoutError("the site model needs %s, which the caller did not pass" % exc) from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise GatewayLayoutError("the site model cannot be built from these inputs (%s): run the role's preflight first" % exc) from None
+
+
+# --- the drained set -----------------------------------------------------------------
+def empty_drained():
+    return {"version": MODEL_VERSION, "server": [], "fleet": []}
+
+
+def _from_json(value, limit):
+    """(value, problem): JSON text parsed (bounded), anything else as it is."""
+    if not isinstance(value, str):
+        return value, None
+    if len(value) > limit:
+        return None, "is larger than %d bytes" % limit
+    try:
+        return json.loads(value), None
+    except ValueError as exc:
+        return None, "is not JSON (%s)" % str(exc)[:200]
+
+
+def load_model(value):
+    """(site model, problems) from the JSON a host keeps (or a dict): only a model of this version is used."""
+    found, problem = _from_json(value, MAX_MODEL_BYTES)
+    if problem:
+        return None, [problem]
+    if not isinstance(found, Mapping) or found.get("version") != MODEL_VERSION:
+        return None, ["is not a site model of version %d (the role writes it on every run)" % MODEL_VERSION]
+    for tier in TIERS:
+        part = found.get(tier)
+        if part is not None and not (isinstance(part, Mapping) and isinstance(part.get("upstream"), Mapping)):
+            return None, ["has no upstream for its %s tier" % tier]
+        servers = part["upstream"].get("servers") if part else []
+        if not isinstance(servers, list) or not all(isinstance(x, Mapping) and isinstance(x.get("label"), str) for x in servers):
+            return None, ["has %s upstream servers without a name" % tier]
+    return found, []
+
+
+def parse_drained(value):
+    """(drained set, problems) from what the host's state file holds (JSON text or a dict; None when there is none).
+
+    A set that is not what the drain entry point writes is reported, not used:
+    the caller refuses to go on rather than guess what was drained.
+    """
+    if value is None:
+        return empty_drained(), []
+    value, problem = _from_json(value, MAX_STATE_BYTES)
+    if problem:
+        return empty_drained(), [problem]
+    if not isinstance(value, Mapping):
+        return empty_drained(), ['must be a JSON object {"version": 1, "server": [...], "fleet": [...]}']
+    problems = []
+    out = empty_drained()
+    if value.get("version") != MODEL_VERSION:
+        problems.append("has version %r, this role reads version %d" % (value.get("version"), MODEL_VERSION))
+    for tier in TIERS:
+        names = value.get(tier, [])
+        if not isinstance(names, list) or len(names) > MAX_DRAINED:
+            problems.append("%s must be a list of at most %d names" % (tier, MAX_DRAINED))
+            continue
+        bad = [n for n in names if not isinstance(n, str) or not _NAME_RE.match(n)]
+        if bad:
+            problems.append("%s holds names that are not instance or server names: %s" % (tier, ", ".join(repr(n)[:70] for n in bad[:5])))
+            continue
+        out[tier] = sorted(set(names))
+    return out, problems
+
+
+def _labels(model, tier):
+    part = model.get(tier) if isinstance(model, Mapping) else None
+    if not part:
+        return []
+    return [s["label"] for s in part["upstream"]["servers"]]
+
+
+def apply_drained(model, drained):
+    """{model, kept, stale}: the model with the drained servers marked down; kept names the marked ones per
+    tier, stale the drained names this model has no upstream server for (left out)."""
+    marked = dict(model)
+    kept, stale = {}, {}
+    for tier in TIERS:
+        names = set(drained.get(tier) or [])
+        labels = _labels(model, tier)
+        kept[tier] = [label for label in labels if label in names]
+        stale[tier] = sorted(names - set(labels))
+        if model.get(tier):
+            part = dict(model[tier])
+            upstream = dict(part["upstream"])
+            upstream["servers"] = [dict(s, down=s["label"] in names) for s in upstream["servers"]]
+            part["upstream"] = upstream
+            marked[tier] = part
+    return {"model": marked, "kept": kept, "stale": stale}
+
+
+def drain(model, drained, tier, names, state):
+    """{drained, unknown}: the drained set after marking `names` of `tier` drained or serving.
+
+    unknown lists the names that are not upstream servers of that tier in the
+    model: the caller refuses the request when it is not empty. Names the
+    model no longer has are dropped from the tier's set as it is written.
+    """
+    if tier not in TIERS or state not in ("drained", "serving"):
+        raise GatewayLayoutError("drain needs a tier in %s and a state drained or serving, not %r/%r" % (TIERS, tier, state))
+    labels = _labels(model, tier)
+    unknown = [n for n in names if n not in labels]
+    current = set(drained.get(tier) or []) & set(labels)
+    wanted = current | set(names) if state == "drained" else current - set(names)
+    out = dict(drained)
+    out[tier] = sorted(wanted & set(labels))
+    return {"drained": out, "unknown": unknown}

@@ -1,0 +1,83 @@
+"""The gateway role's filters: what they take from Ansible and what they refuse."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+from ansible.module_utils import _internal as module_utils_internal
+
+# Importing a filter plugin marks the process as the controller (see test_artifact_cache_allow.py); put the flag back.
+_WAS_CONTROLLER = module_utils_internal.is_controller
+_FILTERS = "ansible_collections.gpufleet.serving.plugins.filter."
+gateway_hosts = importlib.import_module(_FILTERS + "gateway_hosts").gateway_hosts
+gateway_drain = importlib.import_module(_FILTERS + "gateway_drain").gateway_drain
+gateway_drained = importlib.import_module(_FILTERS + "gateway_drained").gateway_drained
+gateway_site_model = importlib.import_module(_FILTERS + "gateway_site_model").gateway_site_model
+AnsibleFilterError = importlib.import_module("ansible.errors").AnsibleFilterError
+module_utils_internal.is_controller = _WAS_CONTROLLER
+
+HOSTVARS = {"gpu1": {"gateway_weight": 2, "ansible_host": "x", "secret": "not read"}, "gw1": {"gateway_address": "10.0.0.2"}}
+MODEL = {
+    "version": 1,
+    "server": None,
+    "fleet": {"upstream": {"servers": [{"host": "10.0.0.11", "label": "gpu1", "down": False}, {"host": "10.0.0.12", "label": "gpu2", "down": False}]}},
+}
+
+
+def test_gateway_hosts_reads_three_host_variables():
+    out = gateway_hosts([], HOSTVARS, ["gpu1"], ["gw1"], 8000, is_fleet=True)
+    assert out["backends"] == out["from_group"] == [{"name": "gpu1", "address": "gpu1", "port": 8000, "weight": 2}]
+    assert out["peers"] == ["10.0.0.2"] and out["names"] == ["gpu1", "10.0.0.2"]
+    given = gateway_hosts([{"address": "10.0.0.9"}], HOSTVARS, ["gpu1"], ["gw1"], 8000, is_fleet=True)
+    assert given["backends"][0]["name"] == "10.0.0.9" and given["from_group"][0]["name"] == "gpu1"
+
+
+def test_gateway_hosts_refuses_what_it_cannot_read():
+    with pytest.raises(AnsibleFilterError, match="gpu9 is not in the inventory"):
+        gateway_hosts([], HOSTVARS, ["gpu9"], [], 8000)
+    with pytest.raises(AnsibleFilterError, match="gateway_backends must be a list"):
+        gateway_hosts("10.0.0.1", HOSTVARS, [], [], 8000)
+
+
+def test_gateway_site_model_names_a_missing_input():
+    with pytest.raises(AnsibleFilterError, match="did not pass"):
+        gateway_site_model({}, {"host": "gw1"})
+
+
+def test_gateway_drain_from_the_files_a_host_keeps():
+    out = gateway_drain(json.dumps(MODEL), None, "fleet", ["gpu2"], "drained")
+    assert out["problems"] == [] and out["unknown"] == [] and out["drained"]["fleet"] == ["gpu2"]
+    assert out["model"] == MODEL
+    refused = gateway_drain(json.dumps(MODEL), json.dumps(out["drained"]), "fleet", ["gpu3"], "serving")
+    assert refused["unknown"] == ["gpu3"]
+
+
+@pytest.mark.parametrize(
+    ("model", "drained", "words"),
+    [
+        (None, None, "has not run on this host"),
+        ("{", None, "the site model is not JSON"),
+        (json.dumps(dict(MODEL, version=0)), None, "site model of version 1"),
+        (json.dumps(MODEL), "garbage", "the drained set is not JSON"),
+    ],
+)
+def test_gateway_drain_reports_files_it_cannot_use(model, drained, words):
+    out = gateway_drain(model, drained, "fleet", ["gpu1"], "drained")
+    assert out["drained"] is None and any(words in p for p in out["problems"]), out
+
+
+def test_gateway_drained_keeps_marks_until_reset():
+    state = json.dumps({"version": 1, "server": [], "fleet": ["gpu1"]})
+    kept = gateway_drained(state, MODEL)
+    assert kept["kept"]["fleet"] == ["gpu1"] and kept["released"]["fleet"] == []
+    assert [s["down"] for s in kept["model"]["fleet"]["upstream"]["servers"]] == [True, False]
+    reset = gateway_drained(state, MODEL, True)
+    assert reset["kept"]["fleet"] == [] and reset["released"]["fleet"] == ["gpu1"] and reset["drained"]["fleet"] == []
+    assert not any(s["down"] for s in reset["model"]["fleet"]["upstream"]["servers"])
+
+
+def test_gateway_drained_a_broken_set_stops_a_normal_run_not_a_reset():
+    assert gateway_drained("garbage", MODEL)["problems"]
+    assert gateway_drained("garbage", MODEL, True)["problems"] == []
