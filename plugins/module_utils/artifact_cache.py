@@ -336,6 +336,31 @@ def simple_index(manifest, wheels_url):
 # --- models -------------------------------------------------------------------
 
 
+def _listed_name(sibling):
+    """The file name of one entry of a Hugging Face listing, checked to stay inside the model directory."""
+    if not isinstance(sibling, dict):
+        raise ArtifactError("a listing entry is not an object: %r" % (sibling,))
+    name = sibling.get("rfilename")
+    if not name:
+        raise ArtifactError("a listing entry has no rfilename: %r" % (sibling,))
+    check_name(name, "the repository listing: file name")
+    return name
+
+
+def _listed_file(sibling, name):
+    """The manifest entry of one listed file: its size (the LFS one first) and, for LFS files, its sha256."""
+    lfs = sibling.get("lfs") or {}
+    if not isinstance(lfs, dict):
+        raise ArtifactError("the repository listing: lfs of %s is not an object" % name)
+    size = lfs.get("size", sibling.get("size"))
+    if size is None:
+        raise ArtifactError("%s has no size in the listing; was it fetched with ?blobs=true?" % name)
+    entry = {"size": _check_size(size, "the repository listing: the size of %s" % name)}
+    if lfs.get("sha256"):
+        entry["sha256"] = check_sha256(lfs["sha256"], "the repository listing: the sha256 of %s" % name)
+    return entry
+
+
 def manifest_from_hub_listing(listing, patterns=None):
     """A model manifest from the Hugging Face API's model info with blobs
     (GET /api/models/<repo>/revision/<rev>?blobs=true): sizes of every file,
@@ -350,24 +375,10 @@ def manifest_from_hub_listing(listing, patterns=None):
         raise ArtifactError("the repository listing has %d files, more than %d" % (len(siblings), MAX_FILES))
     files = {}
     for sibling in siblings:
-        if not isinstance(sibling, dict):
-            raise ArtifactError("a listing entry is not an object: %r" % (sibling,))
-        name = sibling.get("rfilename")
-        if not name:
-            raise ArtifactError("a listing entry has no rfilename: %r" % (sibling,))
-        check_name(name, "the repository listing: file name")
+        name = _listed_name(sibling)
         if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
-        lfs = sibling.get("lfs") or {}
-        if not isinstance(lfs, dict):
-            raise ArtifactError("the repository listing: lfs of %s is not an object" % name)
-        size = lfs.get("size", sibling.get("size"))
-        if size is None:
-            raise ArtifactError("%s has no size in the listing; was it fetched with ?blobs=true?" % name)
-        entry = {"size": _check_size(size, "the repository listing: the size of %s" % name)}
-        if lfs.get("sha256"):
-            entry["sha256"] = check_sha256(lfs["sha256"], "the repository listing: the sha256 of %s" % name)
-        files[name] = entry
+        files[name] = _listed_file(sibling, name)
     if not files:
         raise ArtifactError("no file of the repository listing matches %s" % ", ".join(patterns or []))
     manifest = {"version": MANIFEST_VERSION, "kind": "model", "files": files}

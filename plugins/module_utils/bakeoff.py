@@ -116,9 +116,8 @@ def _check_text(value, where, pattern=None):
     return value
 
 
-def check_report_input(*, host, plan, plans, settings):
-    """Refuse a host, plan, topologies or settings that the report cannot print safely."""
-    _check_text(host, "host", HOST_RE)
+def _check_plan_fields(plan):
+    """The plan's model, cards, dtype, max_model_len and gpu_memory_utilization, as the report prints them."""
     if not isinstance(plan, dict):
         raise BakeoffError("plan: must be a vllm_plan")
     for key in ("model", "cards", "dtype"):
@@ -127,6 +126,10 @@ def check_report_input(*, host, plan, plans, settings):
         raise BakeoffError("plan.max_model_len: must be a positive whole number of tokens, not %r" % (plan.get("max_model_len"),))
     if not is_number(plan.get("gpu_memory_utilization")) or not 0 < plan["gpu_memory_utilization"] <= 1:
         raise BakeoffError("plan.gpu_memory_utilization: must be a fraction in (0, 1], not %r" % (plan.get("gpu_memory_utilization"),))
+
+
+def _check_topology_words(plans):
+    """Each topology's name, and the words or refusal the planner gave it."""
     if not isinstance(plans, dict) or len(plans) > MAX_TOPOLOGIES:
         raise BakeoffError("topologies: must map at most %d topology names to what was planned" % MAX_TOPOLOGIES)
     for name, info in plans.items():
@@ -136,6 +139,10 @@ def check_report_input(*, host, plan, plans, settings):
         for key in ("words", "refused"):
             if info.get(key) is not None and not isinstance(info[key], str):
                 raise BakeoffError("topologies.%s.%s: must be a string, not %r" % (name, key, info[key]))
+
+
+def _check_settings(settings):
+    """The load settings: a shallow object, its concurrency levels, and text the report can print."""
     if not isinstance(settings, dict) or not json_depth_ok(settings, MAX_SETTINGS_DEPTH):
         raise BakeoffError("settings: must be an object nested at most %d levels deep" % MAX_SETTINGS_DEPTH)
     levels = settings.get("concurrency", [])
@@ -145,6 +152,14 @@ def check_report_input(*, host, plan, plans, settings):
         _check_text(key, "settings key")
         if isinstance(value, str):
             _check_text(value, "settings.%s" % key)
+
+
+def check_report_input(*, host, plan, plans, settings):
+    """Refuse a host, plan, topologies or settings that the report cannot print safely."""
+    _check_text(host, "host", HOST_RE)
+    _check_plan_fields(plan)
+    _check_topology_words(plans)
+    _check_settings(settings)
 
 
 def check_results(results):
@@ -317,10 +332,10 @@ def _dtype_words(planned, served):
     return "planned for %s, served as %s" % (planned, served)
 
 
-def render_markdown(report):
-    """The report as Markdown: settings, the table, winners, the balancer comparison, the plots."""
+def _md_heading(report):
+    """The title and the two sentences that say what was measured and under which load."""
     s = report["settings"]
-    lines = [
+    return [
         "# Bake-off on %s" % report["host"],
         "",
         "Measured %s: model `%s` (%s, max_model_len %d) on %s, gpu_memory_utilization %s."
@@ -343,16 +358,21 @@ def render_markdown(report):
             s.get("url"),
             s.get("front", "the server tier's nginx in front of the topology"),
         ),
-        "",
-        "## Topologies",
-        "",
     ]
+
+
+def _md_topologies(report):
+    lines = ["", "## Topologies", ""]
     for topology, info in report["topologies"].items():
         if info.get("refused"):
             lines.append("* `%s`: not measured, the planner refuses it: %s" % (topology, info["refused"]))
         else:
             lines.append("* `%s`: %s" % (topology, info.get("words", "")))
-    lines += [
+    return lines
+
+
+def _md_results(report):
+    lines = [
         "",
         "## Results",
         "",
@@ -375,7 +395,11 @@ def render_markdown(report):
                 _ms(r["tpot_p99"]),
             )
         )
-    lines += ["", "## Winners", ""]
+    return lines
+
+
+def _md_winners(report):
+    lines = ["", "## Winners", ""]
     for name, winner in report["winners"].items():
         if not winner["ranking"]:
             lines.append("* **%s**: no winner, no topology completed every request at the level compared." % name)
@@ -384,39 +408,63 @@ def render_markdown(report):
         lines.append("* **%s**: `%s` (%s; %s %s)" % (name, winner["winner"], winner["words"], ranking, winner["unit"]))
         if winner["excluded"]:
             lines.append("  (not ranked, failed requests or not measured at that level: %s)" % ", ".join(winner["excluded"]))
-    balance = report.get("balance")
-    if balance:
-        runs = balance["runs"]
-        lines += [
-            "",
-            "## least_conn vs round_robin",
-            "",
-            "Topology `%s`, mixed-length mix `%s` at concurrency %d, the server tier's upstream switched between the two."
-            % (balance["topology"], balance["mix"], balance["concurrency"]),
-            "",
-            "| balance | ok / failed | requests/s | latency p50 ms | latency p99 ms | TTFT p99 ms |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for name in BALANCES:
-            r = runs[name]
-            lines.append(
-                "| %s | %s / %s | %s | %s | %s | %s |"
-                % (name, r["ok"], r["failed"], _num(r["requests_per_s"]), _ms(r["latency_p50"]), _ms(r["latency_p99"]), _ms(r["ttft_p99"]))
-            )
-        lines += [
-            "",
-            "least_conn / round_robin: latency p99 ratio %s, TTFT p99 ratio %s (below 1: least_conn is better)."
-            % (_num(balance["latency_p99_ratio"], "%.3f"), _num(balance["ttft_p99_ratio"], "%.3f")),
-        ]
-    lines += ["", "## Plots", ""]
-    if report.get("plots_drawn") is False:
+    return lines
+
+
+def _md_balance(balance):
+    """The least_conn against round_robin section; none without a balancer comparison."""
+    if not balance:
+        return []
+    runs = balance["runs"]
+    lines = [
+        "",
+        "## least_conn vs round_robin",
+        "",
+        "Topology `%s`, mixed-length mix `%s` at concurrency %d, the server tier's upstream switched between the two."
+        % (balance["topology"], balance["mix"], balance["concurrency"]),
+        "",
+        "| balance | ok / failed | requests/s | latency p50 ms | latency p99 ms | TTFT p99 ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in BALANCES:
+        r = runs[name]
+        lines.append(
+            "| %s | %s / %s | %s | %s | %s | %s |"
+            % (name, r["ok"], r["failed"], _num(r["requests_per_s"]), _ms(r["latency_p50"]), _ms(r["latency_p99"]), _ms(r["ttft_p99"]))
+        )
+    lines += [
+        "",
+        "least_conn / round_robin: latency p99 ratio %s, TTFT p99 ratio %s (below 1: least_conn is better)."
+        % (_num(balance["latency_p99_ratio"], "%.3f"), _num(balance["ttft_p99_ratio"], "%.3f")),
+    ]
+    return lines
+
+
+def _md_plots(report):
+    """Links to the plots, or (where matplotlib was missing) what each would have shown."""
+    drawn = report.get("plots_drawn") is not False
+    lines = ["", "## Plots", ""]
+    if not drawn:
         lines += ["Not drawn: matplotlib is not installed where this report was written; each plot's series are in report.json.", ""]
     for plot in report["plots"]:
         names = ", ".join("%s (%s)" % (x["topology"], x["color"]) for x in plot["series"])
-        if report.get("plots_drawn") is False:
-            lines += ["%s. Series: %s." % (plot["title"], names), ""]
-        else:
+        if drawn:
             lines += ["![%s](%s)" % (plot["title"], plot["file"]), "", "Series: %s." % names, ""]
+        else:
+            lines += ["%s. Series: %s." % (plot["title"], names), ""]
+    return lines
+
+
+def render_markdown(report):
+    """The report as Markdown: settings, the table, winners, the balancer comparison, the plots."""
+    lines = [
+        *_md_heading(report),
+        *_md_topologies(report),
+        *_md_results(report),
+        *_md_winners(report),
+        *_md_balance(report.get("balance")),
+        *_md_plots(report),
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -135,11 +135,8 @@ def _list_of_ints(name, value):
     return sorted(value)
 
 
-def check_options(options):
-    """The tool's options with defaults filled in; MeasureError naming the option otherwise."""
-    out = dict(DEFAULTS)
-    out.update({k: v for k, v in options.items() if v is not None})
-    model = out.get("model")
+def _model_folder(model):
+    """The model folder as an absolute path a launch can carry; it must hold config.json."""
     if not isinstance(model, str) or not model:
         raise MeasureError("--model: give the model folder (config.json and a tokenizer; weights optional with --load-format dummy)")
     model = os.path.abspath(model)
@@ -147,40 +144,70 @@ def check_options(options):
         raise MeasureError("--model: %s holds no config.json; give the model folder vLLM is to load" % model)
     if not vllm_launch.PATH_RE.match(model):
         raise MeasureError("--model: %s has characters a launch cannot carry (use letters, digits and . _ + @ / -)" % model)
-    out["model"] = model
-    out_dir = out.get("out")
+    return model
+
+
+def _out_folder(out_dir):
     if not isinstance(out_dir, str) or not out_dir:
         raise MeasureError("--out: give the folder for the report, the measurement file and the instances' logs")
-    out["out"] = os.path.abspath(out_dir)
-    if os.path.exists(out["out"]) and not os.path.isdir(out["out"]):
-        raise MeasureError("--out: %s exists and is not a folder" % out["out"])
-    topologies = out["topologies"]
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise MeasureError("--out: %s exists and is not a folder" % out_dir)
+    return out_dir
+
+
+def _topology_list(given):
+    """The topologies to measure, from a list or comma-separated text; each known and named once."""
+    topologies = given
     if isinstance(topologies, str):
         topologies = [part.strip() for part in topologies.split(",") if part.strip()]
     if not topologies or any(t not in TOPOLOGIES for t in topologies) or len(set(topologies)) != len(topologies):
-        raise MeasureError("--topologies must list one or more of %s, each once, not %r" % (", ".join(TOPOLOGIES), out["topologies"]))
-    out["topologies"] = list(topologies)
-    out["concurrency"] = _list_of_ints("--concurrency", out["concurrency"])
+        raise MeasureError("--topologies must list one or more of %s, each once, not %r" % (", ".join(TOPOLOGIES), given))
+    return list(topologies)
+
+
+def _check_limits(out):
+    """The whole-number options within LIMITS, and the poll interval in seconds."""
     for key, (low, high) in LIMITS.items():
         if key in out:
             _int_in("--" + key.replace("_", "-"), out[key], low, high)
     interval = out["poll_interval"]
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.05 <= interval <= 60:
         raise MeasureError("--poll-interval must be 0.05 to 60 seconds, not %r" % (interval,))
-    python = out.get("python") or sys.executable
+
+
+def _interpreter(python):
     if not isinstance(python, str) or not os.path.isabs(python) or not vllm_launch.PATH_RE.match(python):
         raise MeasureError("--python must be the absolute path of the interpreter that runs vLLM, not %r" % (python,))
     if not os.path.isfile(python) or not os.access(python, os.X_OK):
         raise MeasureError("--python: %s is not an executable file" % python)
-    out["python"] = python
-    label = out.get("host") or socket.gethostname().split(".")[0] or "box"
+    return python
+
+
+def _host_label(label):
     if not isinstance(label, str) or not HOST_LABEL_RE.match(label):
         raise MeasureError("--host must be 1-63 letters, digits, . _ - (the name the report gives the box), not %r" % (label,))
-    out["host"] = label
-    cache = out.get("cache_dir") or os.path.join(out["out"], "cache")
+    return label
+
+
+def _cache_folder(cache):
     if not isinstance(cache, str) or not vllm_launch.PATH_RE.match(os.path.abspath(cache)):
         raise MeasureError("--cache-dir must be a path of letters, digits and . _ + @ / -, not %r" % (cache,))
-    out["cache_dir"] = os.path.abspath(cache)
+    return os.path.abspath(cache)
+
+
+def check_options(options):
+    """The tool's options with defaults filled in; MeasureError naming the option otherwise."""
+    out = dict(DEFAULTS)
+    out.update({k: v for k, v in options.items() if v is not None})
+    out["model"] = _model_folder(out.get("model"))
+    out["out"] = _out_folder(out.get("out"))
+    out["topologies"] = _topology_list(out["topologies"])
+    out["concurrency"] = _list_of_ints("--concurrency", out["concurrency"])
+    _check_limits(out)
+    out["python"] = _interpreter(out.get("python") or sys.executable)
+    out["host"] = _host_label(out.get("host") or socket.gethostname().split(".")[0] or "box")
+    out["cache_dir"] = _cache_folder(out.get("cache_dir") or os.path.join(out["out"], "cache"))
     measured = out.get("measured_file") or os.path.join(out["out"], "measured.json")
     out["measured_file"] = os.path.abspath(measured)
     facts = out.get("facts")
@@ -550,10 +577,10 @@ def summarize(records):
     return summary
 
 
-def drive(urls, model, *, mix, concurrency, count, timeout, seed, records_path=None, run=loadgen.run):
-    """One cell: ``count`` requests at ``concurrency``, spread over ``urls``; returns (summary, records)."""
-    settings = {"url": urls[0], "urls": urls if len(urls) > 1 else [], "model": model, "mix": mix, "concurrency": concurrency}
-    settings.update({"count": count, "timeout": float(timeout), "seed": seed})
+def drive(urls, model, load, *, records_path=None, run=loadgen.run):
+    """One cell: ``load`` (mix, concurrency, count, timeout, seed) spread over ``urls``; returns (summary, records)."""
+    settings = {"url": urls[0], "urls": urls if len(urls) > 1 else [], "model": model, "mix": load["mix"], "concurrency": load["concurrency"]}
+    settings.update({"count": load["count"], "timeout": float(load["timeout"]), "seed": load["seed"]})
     records = run(settings)
     if records_path:
         bakeoff.write_text(records_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
@@ -576,6 +603,55 @@ def topology_words(plan):
     )
 
 
+def _ports_in_use(plan):
+    """Why the topology cannot start because a port of one of its instances is taken; None when every port is free."""
+    for instance in plan["instances"]:
+        if not port_free(instance["port"]):
+            return "port %d of instance %s is in use: stop what listens there or choose another --base-port" % (instance["port"], instance["name"])
+    return None
+
+
+def _level_words(topology, level, summary):
+    """The log line of one concurrency level."""
+    return "%s at concurrency %d: %d ok, %d failed, %s output tok/s, TTFT p50 %s ms, TPOT p50 %s ms" % (
+        topology,
+        level,
+        summary["ok"],
+        summary["failed"],
+        _fig(summary["output_tokens_per_s"], 1),
+        _fig(summary["ttft_p50"], 1000),
+        _fig(summary["tpot_p50"], 1000),
+    )
+
+
+def _stop_instances(items, out, grace, *, clock, sleep):
+    """Stop every instance started, noting how on its entry in ``out``; one that remains running is a failure."""
+    for item in items:
+        how = stop_instance(item, grace, clock=clock, sleep=sleep)
+        for entry in out["instances"]:
+            if entry["name"] == item.name:
+                entry["stopped"] = how
+        if "remain" in how:
+            out["failure"] = ((out["failure"] + "; ") if out["failure"] else "") + "instance %s: %s" % (item.name, how)
+
+
+def _load_levels(options, out, urls, model, *, log, run):
+    """The warm-up, then one load per concurrency level, each level's figures added to ``out`` (its ``failure`` set when no warm-up request succeeded)."""
+    topology = out["topology"]
+    base = {"mix": "%d:%d" % (options["prompt_words"], options["output_tokens"]), "timeout": options["request_timeout"]}
+    if options["warmup"]:
+        warm, _records = drive(urls, model, dict(base, concurrency=len(urls), count=options["warmup"], seed=0), run=run)
+        if not warm["ok"]:
+            out["failure"] = "no warm-up request succeeded (%s)" % warm["outcomes"]
+            return
+    for level in options["concurrency"]:
+        load = dict(base, concurrency=level, count=max(options["requests"], 2 * level), seed=level)
+        records_path = os.path.join(options["out"], topology, "records-c%d.jsonl" % level)
+        summary, _records = drive(urls, model, load, records_path=records_path, run=run)
+        out["results"].append({"topology": topology, "concurrency": level, "summary": summary})
+        log(_level_words(topology, level, summary))
+
+
 def measure_topology(options, candidate, log, *, popen, clock, sleep, ready=answers_a_token, run=loadgen.run):
     """Start, check, load and stop one topology; returns what was measured (``failure`` set when it could not be)."""
     topology = candidate["topology"]
@@ -586,13 +662,9 @@ def measure_topology(options, candidate, log, *, popen, clock, sleep, ready=answ
     out = {"topology": topology, "words": topology_words(plan), "instances": [], "results": [], "failure": None, "ready_s": None, "kv": None}
     items = []
     try:
-        for instance in plan["instances"]:
-            if not port_free(instance["port"]):
-                out["failure"] = "port %d of instance %s is in use: stop what listens there or choose another --base-port" % (
-                    instance["port"],
-                    instance["name"],
-                )
-                return out
+        out["failure"] = _ports_in_use(plan)
+        if out["failure"]:
+            return out
         log("%s: starting %d instance(s): %s" % (topology, len(plan["instances"]), out["words"]))
         for instance in plan["instances"]:
             cache = os.path.join(options["cache_dir"], instance["name"])
@@ -607,48 +679,10 @@ def measure_topology(options, candidate, log, *, popen, clock, sleep, ready=answ
         out["ready_s"] = max(item.ready_s for item in items)
         out["kv"] = kv_report(plan, items)
         log("%s: ready in %ss; %s" % (topology, out["ready_s"], "; ".join(vllm_report.summary(out["kv"]))))
-        urls = ["http://127.0.0.1:%d" % item.port for item in items]
-        mix = "%d:%d" % (options["prompt_words"], options["output_tokens"])
-        if options["warmup"]:
-            warm, _records = drive(urls, model, mix=mix, concurrency=len(urls), count=options["warmup"], timeout=options["request_timeout"], seed=0, run=run)
-            if not warm["ok"]:
-                out["failure"] = "no warm-up request succeeded (%s)" % warm["outcomes"]
-                return out
-        for level in options["concurrency"]:
-            count = max(options["requests"], 2 * level)
-            summary, _records = drive(
-                urls,
-                model,
-                mix=mix,
-                concurrency=level,
-                count=count,
-                timeout=options["request_timeout"],
-                seed=level,
-                records_path=os.path.join(folder, "records-c%d.jsonl" % level),
-                run=run,
-            )
-            out["results"].append({"topology": topology, "concurrency": level, "summary": summary})
-            log(
-                "%s at concurrency %d: %d ok, %d failed, %s output tok/s, TTFT p50 %s ms, TPOT p50 %s ms"
-                % (
-                    topology,
-                    level,
-                    summary["ok"],
-                    summary["failed"],
-                    _fig(summary["output_tokens_per_s"], 1),
-                    _fig(summary["ttft_p50"], 1000),
-                    _fig(summary["tpot_p50"], 1000),
-                )
-            )
+        _load_levels(options, out, ["http://127.0.0.1:%d" % item.port for item in items], model, log=log, run=run)
         return out
     finally:
-        for item in items:
-            how = stop_instance(item, options["stop_grace"], clock=clock, sleep=sleep)
-            for entry in out["instances"]:
-                if entry["name"] == item.name:
-                    entry["stopped"] = how
-            if "remain" in how:
-                out["failure"] = ((out["failure"] + "; ") if out["failure"] else "") + "instance %s: %s" % (item.name, how)
+        _stop_instances(items, out, options["stop_grace"], clock=clock, sleep=sleep)
 
 
 def _fig(value, scale):
@@ -816,10 +850,7 @@ def main(argv=None, **hooks):
     except (KeyboardInterrupt, Stopped):
         sys.stderr.write("measure_box: interrupted; every instance started was stopped\n")
         return 130
-    except (bakeoff.BakeoffError, vllm_planner.PlanError) as exc:
-        sys.stderr.write("measure_box: %s\n" % exc)
-        return 1
-    except OSError as exc:
+    except (bakeoff.BakeoffError, vllm_planner.PlanError, OSError) as exc:
         sys.stderr.write("measure_box: %s\n" % exc)
         return 1
     except Exception as exc:  # pylint: disable=broad-except

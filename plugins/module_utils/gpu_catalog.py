@@ -281,6 +281,50 @@ def _pair_status(entry, first, second):
     )
 
 
+def _catalog_card(key, entry, index, count):
+    """Card ``index`` of ``count`` as NVML facts would describe it; NVLink is active where the card has a partner."""
+    nvlink = entry.get("nvlink")
+    has_partner = bool(nvlink) and count > 1 and (nvlink["kind"] == "switch" or index ^ 1 < count)
+    return {
+        "index": index,
+        "uuid": None,
+        "pci_bus_id": None,
+        "name": entry["name"],
+        "memory_total_bytes": memory_bytes(entry),
+        "memory_free_bytes": None,
+        "compute_capability": entry["compute_capability"],
+        "architecture": entry["architecture"],
+        "pcie": {
+            "gen_current": entry["pcie_gen"],
+            "gen_max": entry["pcie_gen"],
+            "width_current": entry["pcie_width"],
+            "width_max": entry["pcie_width"],
+        },
+        "nvlink": {
+            "active_links": nvlink["links"] if has_partner else 0,
+            "version": nvlink["nvml_version"] if has_partner else None,
+        },
+        "mig_mode": None,
+        "persistence_mode": None,
+        "ecc_enabled": None,
+        "power_limit_watts": None,
+        "processes": [],
+        "catalog_profile": key,
+    }
+
+
+def _catalog_pairs(entry, count):
+    """Every ordered pair of distinct cards with its peer-to-peer status and interconnect."""
+    pairs = []
+    for first in range(count):
+        for second in range(count):
+            if first == second:
+                continue
+            p2p, interconnect = _pair_status(entry, first, second)
+            pairs.append({"from": first, "to": second, "p2p": p2p, "common_ancestor": None, "interconnect": interconnect})
+    return pairs
+
+
 def profile_facts(profile, count):
     """Facts in the shape of the ``nvidia_gpus`` contract for ``count`` cards of a profile.
 
@@ -290,53 +334,8 @@ def profile_facts(profile, count):
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
         raise CatalogError("gpu_count", "gpu_count must be a whole number of cards from 1 to %d, one server (got %r)" % (MAX_COUNT, count))
     key, entry = get_profile(profile)
-    nvlink = entry.get("nvlink")
-    gpus = []
-    for index in range(count):
-        has_partner = bool(nvlink) and count > 1 and (nvlink["kind"] == "switch" or index ^ 1 < count)
-        gpus.append(
-            {
-                "index": index,
-                "uuid": None,
-                "pci_bus_id": None,
-                "name": entry["name"],
-                "memory_total_bytes": memory_bytes(entry),
-                "memory_free_bytes": None,
-                "compute_capability": entry["compute_capability"],
-                "architecture": entry["architecture"],
-                "pcie": {
-                    "gen_current": entry["pcie_gen"],
-                    "gen_max": entry["pcie_gen"],
-                    "width_current": entry["pcie_width"],
-                    "width_max": entry["pcie_width"],
-                },
-                "nvlink": {
-                    "active_links": nvlink["links"] if has_partner else 0,
-                    "version": nvlink["nvml_version"] if has_partner else None,
-                },
-                "mig_mode": None,
-                "persistence_mode": None,
-                "ecc_enabled": None,
-                "power_limit_watts": None,
-                "processes": [],
-                "catalog_profile": key,
-            }
-        )
-    pairs = []
-    for first in range(count):
-        for second in range(count):
-            if first == second:
-                continue
-            p2p, interconnect = _pair_status(entry, first, second)
-            pairs.append(
-                {
-                    "from": first,
-                    "to": second,
-                    "p2p": p2p,
-                    "common_ancestor": None,
-                    "interconnect": interconnect,
-                }
-            )
+    gpus = [_catalog_card(key, entry, index, count) for index in range(count)]
+    pairs = _catalog_pairs(entry, count)
     return {
         "available": True,
         "reason": None,

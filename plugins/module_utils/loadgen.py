@@ -272,21 +272,17 @@ def _bounded_lines(resp):
         yield line
 
 
-def one_request(settings, index, kind, connection_factory=None, deadline=None):
-    """Send one request; returns its record (never raises for server trouble).
-
-    The request ends by ``timeout`` seconds in all (not only between bytes) and by
-    ``deadline`` (a ``time.monotonic()`` value) when one is given: a server that
-    trickles bytes is cut off, and the record's outcome is ``timeout``.
-    """
-    parts = urlsplit(settings["url"])
-    factory = connection_factory or (http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection)
+def _request_headers(settings):
     headers = {"Content-Type": "application/json"}
     headers.update(settings["headers"])
     if settings["key"]:
         headers["Authorization"] = "Bearer %s" % settings["key"]
-    body = json.dumps(request_body(settings, kind, index))
-    record = {
+    return headers
+
+
+def _new_record(index, kind):
+    """The record of request ``index`` before it is sent: its kind and start, no outcome yet."""
+    return {
         "i": index,
         "prompt_words": kind[0],
         "max_tokens": kind[1],
@@ -299,15 +295,60 @@ def one_request(settings, index, kind, connection_factory=None, deadline=None):
         "tokens": 0,
         "error": None,
     }
+
+
+def _start_watchdog(limits, conn, state):
+    """A timer that cuts the request off when the shortest of ``limits`` (seconds) has passed; None without limits."""
+    if not limits:
+        return None
+    watchdog = threading.Timer(max(0.0, min(limits)), _abort, (conn, state))
+    watchdog.daemon = True
+    watchdog.start()
+    return watchdog
+
+
+def _read_answer(resp, settings, record, began):
+    """Fill the record's status, tokens, TTFT, TPOT and outcome from the server's answer."""
+    record["status"] = resp.status
+    if resp.status != 200:
+        resp.read(MAX_BODY_BYTES)
+        record["outcome"] = "http_%d" % resp.status
+    elif settings["stream"]:
+        first, last, tokens, done = read_stream(_bounded_lines(resp), settings["path"], time.perf_counter)
+        record["tokens"] = tokens
+        if first is not None:
+            record["ttft"] = first - began
+            if tokens > 1:
+                record["tpot"] = (last - first) / (tokens - 1)
+        record["outcome"] = "ok" if done and tokens > 0 else ("incomplete" if not done else "bad_answer")
+    else:
+        body = resp.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            raise ValueError("the answer exceeds %d bytes" % MAX_BODY_BYTES)
+        answer = json.loads(body)
+        record["tokens"] = (answer.get("usage") or {}).get("completion_tokens", 0)
+        record["ttft"] = time.perf_counter() - began
+        record["outcome"] = "ok" if answer.get("choices") else "bad_answer"
+
+
+def one_request(settings, index, kind, connection_factory=None, deadline=None):
+    """Send one request; returns its record (never raises for server trouble).
+
+    The request ends by ``timeout`` seconds in all (not only between bytes) and by
+    ``deadline`` (a ``time.monotonic()`` value) when one is given: a server that
+    trickles bytes is cut off, and the record's outcome is ``timeout``.
+    """
+    parts = urlsplit(settings["url"])
+    factory = connection_factory or (http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection)
+    headers = _request_headers(settings)
+    body = json.dumps(request_body(settings, kind, index))
+    record = _new_record(index, kind)
     began = time.perf_counter()
     limits = [t for t in (float(settings["timeout"]) or None, None if deadline is None else deadline - time.monotonic()) if t is not None]
     conn = factory(parts.hostname, parts.port, timeout=max(0.001, min(limits)) if limits else None)
     connected = False
     state = {"cut": False}
-    watchdog = threading.Timer(max(0.0, min(limits)), _abort, (conn, state)) if limits else None
-    if watchdog is not None:
-        watchdog.daemon = True
-        watchdog.start()
+    watchdog = _start_watchdog(limits, conn, state)
     try:
         conn.connect()
         state["sock"] = getattr(conn, "sock", None)
@@ -315,27 +356,7 @@ def one_request(settings, index, kind, connection_factory=None, deadline=None):
         if state["cut"]:  # the time ran out while connecting
             _abort(conn, state)
         conn.request("POST", settings["path"], body, headers)
-        resp = conn.getresponse()
-        record["status"] = resp.status
-        if resp.status != 200:
-            resp.read(MAX_BODY_BYTES)
-            record["outcome"] = "http_%d" % resp.status
-        elif settings["stream"]:
-            first, last, tokens, done = read_stream(_bounded_lines(resp), settings["path"], time.perf_counter)
-            record["tokens"] = tokens
-            if first is not None:
-                record["ttft"] = first - began
-                if tokens > 1:
-                    record["tpot"] = (last - first) / (tokens - 1)
-            record["outcome"] = "ok" if done and tokens > 0 else ("incomplete" if not done else "bad_answer")
-        else:
-            body = resp.read(MAX_BODY_BYTES + 1)
-            if len(body) > MAX_BODY_BYTES:
-                raise ValueError("the answer exceeds %d bytes" % MAX_BODY_BYTES)
-            answer = json.loads(body)
-            record["tokens"] = (answer.get("usage") or {}).get("completion_tokens", 0)
-            record["ttft"] = time.perf_counter() - began
-            record["outcome"] = "ok" if answer.get("choices") else "bad_answer"
+        _read_answer(conn.getresponse(), settings, record, began)
     except Exception as exc:  # pylint: disable=broad-except
         # Whatever stopped the connection itself (refused, unreachable, timed out) is a connect error.
         record["outcome"] = classify_error(exc) if connected else "connect_error"
@@ -360,6 +381,92 @@ class DeadlineError(LoadError):
         self.records = records
 
 
+class _Clients:
+    """What the clients of one load share: the next request's number, the requests in flight per endpoint, the records.
+
+    Each client thread runs ``work``; ``lock`` guards the numbering, the counts in flight and the records.
+    """
+
+    def __init__(self, s, ends_at, on_record, connection_factory):
+        self.s = s
+        self.ends_at = ends_at
+        self.on_record = on_record
+        self.connection_factory = connection_factory
+        self.lock = threading.Lock()
+        self.records = []
+        self.next_index = 0
+        self.late = False
+        self.t0 = time.time()
+        self.rate = float(s["rate"])
+        self.count = int(s["count"])
+        self.duration = float(s["duration"])
+        # Several endpoints: each request goes to the one with the fewest in flight, ties in turn.
+        self.urls = s["urls"] or [s["url"]]
+        self.busy = [0] * len(self.urls)
+        self.turn = 0
+
+    def _pick(self):
+        chosen = min(range(len(self.urls)), key=lambda k: (self.busy[k], (k - self.turn) % len(self.urls)))
+        self.busy[chosen] += 1
+        self.turn = chosen + 1
+        return chosen
+
+    def _stopping(self, index):
+        if self.count and index >= self.count:
+            return True
+        if self.ends_at is not None and time.monotonic() >= self.ends_at:
+            self.late = True
+            return True
+        if self.duration and time.time() - self.t0 >= self.duration:
+            return True
+        return bool(self.s["stop_file"]) and os.path.exists(self.s["stop_file"])
+
+    def _take(self):
+        """(number, endpoint) of the next request, or None when the load is to stop."""
+        with self.lock:
+            index = self.next_index
+            if self._stopping(index):
+                return None
+            self.next_index += 1
+            return index, self._pick()
+
+    def _wait_turn(self, index, target):
+        """Wait for the request's time at ``rate``; False (its endpoint released) when the load is to stop by then."""
+        delay = self.t0 + index / self.rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        if self._stopping(index):
+            with self.lock:
+                self.busy[target] -= 1
+            return False
+        return True
+
+    def _send(self, index, target):
+        one = dict(self.s, url=self.urls[target]) if len(self.urls) > 1 else self.s
+        mix = self.s["mix"]
+        record = one_request(one, index, mix[index % len(mix)], self.connection_factory, deadline=self.ends_at)
+        if self.ends_at is not None and time.monotonic() >= self.ends_at and record["outcome"] == "timeout":
+            self.late = True
+        with self.lock:
+            self.busy[target] -= 1
+            if len(self.urls) > 1:
+                record["url"] = self.urls[target]
+            self.records.append(record)
+            if self.on_record:
+                self.on_record(record)
+
+    def work(self):
+        """One client: take the next request, wait for its time, send it; until the load is to stop."""
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            index, target = taken
+            if self.rate and not self._wait_turn(index, target):
+                return
+            self._send(index, target)
+
+
 def run(settings, on_record=None, connection_factory=None, deadline=None):
     """Drive the load; returns the list of records, in the order requests were issued.
 
@@ -371,74 +478,18 @@ def run(settings, on_record=None, connection_factory=None, deadline=None):
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= MAX_DURATION):
         raise LoadError("deadline: must be a number of seconds above 0 and at most %d, not %r" % (MAX_DURATION, deadline))
     ends_at = None if deadline is None else time.monotonic() + float(deadline)
-    records = []
-    lock = threading.Lock()
-    state = {"next": 0}
-    t0 = time.time()
-    mix = s["mix"]
-    rate = float(s["rate"])
-    count = int(s["count"])
-    duration = float(s["duration"])
-    # Several endpoints: each request goes to the one with the fewest in flight, ties in turn.
-    urls = s["urls"] or [s["url"]]
-    busy = [0] * len(urls)
-    state["turn"] = 0
-
-    def pick():
-        chosen = min(range(len(urls)), key=lambda k: (busy[k], (k - state["turn"]) % len(urls)))
-        busy[chosen] += 1
-        state["turn"] = chosen + 1
-        return chosen
-
-    def stopping(index):
-        if count and index >= count:
-            return True
-        if ends_at is not None and time.monotonic() >= ends_at:
-            state["late"] = True
-            return True
-        if duration and time.time() - t0 >= duration:
-            return True
-        return bool(s["stop_file"]) and os.path.exists(s["stop_file"])
-
-    def worker():
-        while True:
-            with lock:
-                index = state["next"]
-                if stopping(index):
-                    return
-                state["next"] += 1
-                target = pick()
-            if rate:
-                delay = t0 + index / rate - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-                if stopping(index):
-                    with lock:
-                        busy[target] -= 1
-                    return
-            one = dict(s, url=urls[target]) if len(urls) > 1 else s
-            record = one_request(one, index, mix[index % len(mix)], connection_factory, deadline=ends_at)
-            if ends_at is not None and time.monotonic() >= ends_at and record["outcome"] == "timeout":
-                state["late"] = True
-            with lock:
-                busy[target] -= 1
-                if len(urls) > 1:
-                    record["url"] = urls[target]
-                records.append(record)
-                if on_record:
-                    on_record(record)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _client in range(int(s["concurrency"]))]
+    clients = _Clients(s, ends_at, on_record, connection_factory)
+    threads = [threading.Thread(target=clients.work, daemon=True) for _client in range(int(s["concurrency"]))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(None if ends_at is None else max(0.0, ends_at - time.monotonic()) + 5.0)
-    with lock:
-        done = sorted(records, key=lambda r: r["i"])
-    if ends_at is not None and (state.get("late") or any(t.is_alive() for t in threads)):
+    with clients.lock:
+        done = sorted(clients.records, key=lambda r: r["i"])
+    if ends_at is not None and (clients.late or any(t.is_alive() for t in threads)):
         raise DeadlineError(
             "deadline: the load did not end within %g s (%d of %s requests ended); raise deadline, or lower count or the mix's output tokens"
-            % (float(deadline), len(done), count or "unbounded"),
+            % (float(deadline), len(done), clients.count or "unbounded"),
             done,
         )
     return done

@@ -119,6 +119,11 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    return _plain_object(value)
+
+
+def _plain_object(value):
+    """A ctypes structure as a dict of its fields, another object as a dict of its public attributes, else its text."""
     fields = getattr(value, "_fields_", None)
     if fields is not None:
         return {field[0]: _plain(getattr(value, field[0])) for field in fields}
@@ -284,6 +289,22 @@ def load_snapshot(path):
     return raw
 
 
+def _check_device_lists(device, where):
+    """Bounds on a card's processes (count, and length of each one recorded as text) and its NVLink list."""
+    processes = device.get("processes")
+    if isinstance(processes, list):
+        if len(processes) > MAX_PROCESSES:
+            raise SnapshotError("%s.processes lists %d processes, more than %d" % (where, len(processes), MAX_PROCESSES))
+        for number, entry in enumerate(processes):
+            if isinstance(entry, str) and len(entry) > MAX_PROCESS_TEXT:
+                raise SnapshotError(
+                    "%s.processes[%d] is %d characters long, more than %d; capture the snapshot again" % (where, number, len(entry), MAX_PROCESS_TEXT)
+                )
+    nvlink = device.get("nvlink")
+    if nvlink is not None and not _is_error(nvlink) and (not isinstance(nvlink, list) or len(nvlink) > MAX_NVLINKS):
+        raise SnapshotError("%s.nvlink must be a list of at most %d links, not %r" % (where, MAX_NVLINKS, type(nvlink).__name__))
+
+
 def check_snapshot(raw, where="snapshot"):
     """Raise SnapshotError unless raw has the keys facts_from_raw needs."""
     if not isinstance(raw, dict):
@@ -301,19 +322,7 @@ def check_snapshot(raw, where="snapshot"):
                 "%s: devices[%d] repeats card index %d: two cards cannot share a number; capture the snapshot again" % (where, position, device["index"])
             )
         seen.add(device["index"])
-        processes = device.get("processes")
-        if isinstance(processes, list):
-            if len(processes) > MAX_PROCESSES:
-                raise SnapshotError("%s: devices[%d].processes lists %d processes, more than %d" % (where, position, len(processes), MAX_PROCESSES))
-            for number, entry in enumerate(processes):
-                if isinstance(entry, str) and len(entry) > MAX_PROCESS_TEXT:
-                    raise SnapshotError(
-                        "%s: devices[%d].processes[%d] is %d characters long, more than %d; capture the snapshot again"
-                        % (where, position, number, len(entry), MAX_PROCESS_TEXT)
-                    )
-        nvlink = device.get("nvlink")
-        if nvlink is not None and not _is_error(nvlink) and (not isinstance(nvlink, list) or len(nvlink) > MAX_NVLINKS):
-            raise SnapshotError("%s: devices[%d].nvlink must be a list of at most %d links, not %r" % (where, position, MAX_NVLINKS, type(nvlink).__name__))
+        _check_device_lists(device, "%s: devices[%d]" % (where, position))
     for key in ("p2p", "topology"):
         if not isinstance(raw.get(key, {}), dict):
             raise SnapshotError("%s: '%s' must be an object keyed 'i-j'" % (where, key))

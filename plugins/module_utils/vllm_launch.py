@@ -455,9 +455,8 @@ def launch_mismatches(plan):
     return problems
 
 
-def check_plan(plan, prefix=""):
-    """LaunchError for a plan that cannot be launched: shared cards or ports, ports out of range, unsafe words, disagreeing figures."""
-    where = prefix + "plan" if prefix else "plan"
+def _check_plan_shape(plan, where):
+    """A plan with instances and the figures a launch is built from, for a device this collection launches on."""
     if not isinstance(plan, dict) or not isinstance(plan.get("instances"), list) or not plan["instances"]:
         raise LaunchError("plan", "%s must be a plan from gpufleet.serving.vllm_plan with at least one instance" % where)
     for key in ("topology", "device", "dtype", "max_model_len", "max_num_seqs", "tensor_parallel_size", "data_parallel_size"):
@@ -465,26 +464,56 @@ def check_plan(plan, prefix=""):
             raise LaunchError("plan", "%s has no %s: make it again with gpufleet.serving.vllm_plan (this collection's version)" % (where, key))
     if plan["device"] not in DEVICES:
         raise LaunchError("device", "%s device must be cuda or cpu, not %r" % (where, plan["device"]))
+
+
+def _instance_name(instance, where):
+    name = instance.get("name")
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_-]{1,32}$", name):
+        raise LaunchError("plan", "%s: instance name %r must be 1-32 letters, digits, _ or - (it names a systemd unit)" % (where, name))
+    return name
+
+
+def _instance_port(instance, name, where, prefix):
+    port = instance.get("port")
+    if not _is_int(port) or not 1024 <= port <= 65535:
+        raise LaunchError(
+            "base_port",
+            "%s: instance %s has port %r; vLLM runs unprivileged, so ports must lie in 1024-65535: choose %sbase_port so that every "
+            "instance's port does" % (where, name, port, prefix),
+        )
+    return port
+
+
+def _instance_cards(instance, name, where):
+    gpus = instance.get("gpus")
+    if not isinstance(gpus, list) or not gpus or not all(_is_int(card) and card >= 0 for card in gpus):
+        raise LaunchError("plan", "%s: instance %s must name its cards as a list of indices, not %r" % (where, name, gpus))
+    return gpus
+
+
+def _check_instance_words(instance, name, where):
+    """No control character in an argument or variable, and an environment an environment file carries safely."""
+    for word in list(instance.get("argv") or []) + [k + "=" + str(v) for k, v in (instance.get("env") or {}).items()]:
+        if not isinstance(word, str) or CONTROL_RE.search(word):
+            raise LaunchError("plan", "%s: instance %s has an argument or variable with a control character: %r" % (where, name, word))
+    for key, value in (instance.get("env") or {}).items():
+        if not ENV_KEY_RE.match(str(key)) or not ENV_VALUE_RE.match(str(value)):
+            raise LaunchError("extra_env", "%s: instance %s has environment %s=%r, which an environment file cannot carry safely" % (where, name, key, value))
+
+
+def check_plan(plan, prefix=""):
+    """LaunchError for a plan that cannot be launched: shared cards or ports, ports out of range, unsafe words, disagreeing figures."""
+    where = prefix + "plan" if prefix else "plan"
+    _check_plan_shape(plan, where)
     owner = {}
     ports = {}
     for instance in plan["instances"]:
-        name = instance.get("name")
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_-]{1,32}$", name):
-            raise LaunchError("plan", "%s: instance name %r must be 1-32 letters, digits, _ or - (it names a systemd unit)" % (where, name))
-        port = instance.get("port")
-        if not _is_int(port) or not 1024 <= port <= 65535:
-            raise LaunchError(
-                "base_port",
-                "%s: instance %s has port %r; vLLM runs unprivileged, so ports must lie in 1024-65535: choose %sbase_port so that every "
-                "instance's port does" % (where, name, port, prefix),
-            )
+        name = _instance_name(instance, where)
+        port = _instance_port(instance, name, where, prefix)
         if port in ports:
             raise LaunchError("base_port", "%s: instances %s and %s share port %d: give each its own (%sbase_port)" % (where, ports[port], name, port, prefix))
         ports[port] = name
-        gpus = instance.get("gpus")
-        if not isinstance(gpus, list) or not gpus or not all(_is_int(card) and card >= 0 for card in gpus):
-            raise LaunchError("plan", "%s: instance %s must name its cards as a list of indices, not %r" % (where, name, gpus))
-        for card in gpus:
+        for card in _instance_cards(instance, name, where):
             if card in owner:
                 raise LaunchError(
                     "plan",
@@ -492,14 +521,7 @@ def check_plan(plan, prefix=""):
                     "plan again (%stopology, %stensor_parallel_size) instead of editing instances" % (where, card, owner[card], name, prefix, prefix),
                 )
             owner[card] = name
-        for word in list(instance.get("argv") or []) + [k + "=" + str(v) for k, v in (instance.get("env") or {}).items()]:
-            if not isinstance(word, str) or CONTROL_RE.search(word):
-                raise LaunchError("plan", "%s: instance %s has an argument or variable with a control character: %r" % (where, name, word))
-        for key, value in (instance.get("env") or {}).items():
-            if not ENV_KEY_RE.match(str(key)) or not ENV_VALUE_RE.match(str(value)):
-                raise LaunchError(
-                    "extra_env", "%s: instance %s has environment %s=%r, which an environment file cannot carry safely" % (where, name, key, value)
-                )
+        _check_instance_words(instance, name, where)
     if "argv" in plan["instances"][0]:
         problems = launch_mismatches(plan)
         if problems:

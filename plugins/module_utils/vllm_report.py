@@ -34,13 +34,8 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
-def check_plan(plan):
-    """None for a plan whose instances and figures this module can check; else a message naming the field."""
-    instances = plan.get("instances") if isinstance(plan, dict) else None
-    if not isinstance(instances, list) or not all(isinstance(i, dict) and "name" in i and "port" in i for i in instances):
-        return "plan must be a plan from gpufleet.serving.vllm_plan (instances with name and port)"
-    if not instances or len(instances) > MAX_INSTANCES:
-        return "plan.instances must list 1 to %d instances, not %d" % (MAX_INSTANCES, len(instances))
+def _instances_problem(instances):
+    """None when every instance has a name (each given once) and a TCP port; else the message naming the first that does not."""
     names = set()
     for position, instance in enumerate(instances):
         name, port = instance["name"], instance["port"]
@@ -51,7 +46,11 @@ def check_plan(plan):
         names.add(name)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             return "plan.instances[%d].port must be a TCP port (1-65535), not %r" % (position, port)
-    memory = plan.get("memory") or {}
+    return None
+
+
+def _memory_problem(memory):
+    """None when the plan's KV-cache tokens and concurrency are numbers this module can compare; else the message naming the field."""
     if not isinstance(memory, dict):
         return "plan.memory must be the plan's figures (an object), not %r" % (memory,)
     tokens = memory.get("kv_tokens_per_instance")
@@ -61,6 +60,16 @@ def check_plan(plan):
     if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, (int, float)) or not math.isfinite(concurrency)):
         return "plan.memory.max_concurrency must be a finite number, not %r" % (concurrency,)
     return None
+
+
+def check_plan(plan):
+    """None for a plan whose instances and figures this module can check; else a message naming the field."""
+    instances = plan.get("instances") if isinstance(plan, dict) else None
+    if not isinstance(instances, list) or not all(isinstance(i, dict) and "name" in i and "port" in i for i in instances):
+        return "plan must be a plan from gpufleet.serving.vllm_plan (instances with name and port)"
+    if not instances or len(instances) > MAX_INSTANCES:
+        return "plan.instances must list 1 to %d instances, not %d" % (MAX_INSTANCES, len(instances))
+    return _instances_problem(instances) or _memory_problem(plan.get("memory") or {})
 
 
 KV_TOKENS_RE = re.compile(r"(?:GPU |CPU |XPU |TPU )?KV cache size: ([0-9][0-9,]*) tokens")

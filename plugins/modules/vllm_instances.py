@@ -151,16 +151,8 @@ def check_env_file(config_dir, name):
     return None
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            names=dict(type="list", elements="str", default=[]),
-            config_dir=dict(type="path", default="/etc/vllm"),
-            metrics=dict(type="bool", default=False),
-            metrics_timeout=dict(type="float", default=5),
-        ),
-        supports_check_mode=True,
-    )
+def check_params(module):
+    """Fail, naming the parameter, on a timeout, an instance name or a config_dir this module does not take."""
     config_dir = module.params["config_dir"]
     names = module.params["names"]
     timeout = module.params["metrics_timeout"]
@@ -173,39 +165,66 @@ def main():
             module.fail_json(msg="names: %r is not an instance name (1-32 letters, digits, _ or -, as in vllm@<name>)" % name)
     if os.path.lexists(config_dir) and not os.path.isdir(config_dir):
         module.fail_json(msg="config_dir %s is not a directory; point config_dir at the instances' environment files (/etc/vllm)" % config_dir)
-    if not names:
+
+
+def configured_names(config_dir):
+    """The instances that have an environment file in config_dir (at most MAX_INSTANCES, valid names only)."""
+    try:
+        found = sorted(f[: -len(".env")] for f in os.listdir(config_dir) if f.endswith(".env"))
+    except OSError:
+        found = []
+    return [name for name in found if vllm_instances.NAME_RE.match(name)][: vllm_instances.MAX_INSTANCES]
+
+
+def request_counts(status, timeout):
+    """The requests running and waiting from the instance's /metrics; null counts when it is not active or does not answer."""
+    counts = {"running": None, "waiting": None}
+    if status["port"] and status["active_state"] == "active":
         try:
-            found = sorted(f[: -len(".env")] for f in os.listdir(config_dir) if f.endswith(".env"))
-        except OSError:
-            found = []
-        names = [name for name in found if vllm_instances.NAME_RE.match(name)][: vllm_instances.MAX_INSTANCES]
+            resp = open_url("http://127.0.0.1:%d/metrics" % status["port"], timeout=timeout)
+            counts = vllm_instances.parse_metrics(to_text(resp.read(vllm_instances.MAX_FILE_BYTES)))
+        except Exception:  # pylint: disable=broad-except
+            pass  # an instance that does not answer reports null counts
+    return counts
+
+
+def one_status(module, systemctl, config_dir, name):
+    """The state of vllm@<name>: systemd's view, its environment file against the running process's."""
+    unit = "vllm@%s.service" % name
+    rc, out, err = module.run_command([systemctl, "show", unit, "-p", ",".join(vllm_instances.SHOW_PROPERTIES)])
+    if rc != 0:
+        module.fail_json(msg="systemctl show %s failed: %s" % (unit, err.strip()))
+    show = vllm_instances.parse_show(out)
+    pid = int(show["MainPID"]) if show.get("MainPID", "").isdigit() else 0
+    raw = read("/proc/%d/environ" % pid, "rb") if pid else None
+    environ = vllm_instances.parse_environ(raw) if raw is not None else None
+    status = vllm_instances.instance_status(name, show, read(os.path.join(config_dir, "%s.env" % name)), environ)
+    if module.params["metrics"]:
+        counts = request_counts(status, module.params["metrics_timeout"])
+        status["requests_running"] = counts["running"]
+        status["requests_waiting"] = counts["waiting"]
+    return status
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            names=dict(type="list", elements="str", default=[]),
+            config_dir=dict(type="path", default="/etc/vllm"),
+            metrics=dict(type="bool", default=False),
+            metrics_timeout=dict(type="float", default=5),
+        ),
+        supports_check_mode=True,
+    )
+    check_params(module)
+    config_dir = module.params["config_dir"]
+    names = module.params["names"] or configured_names(config_dir)
     for name in names:
         problem = check_env_file(config_dir, name)
         if problem:
             module.fail_json(msg=problem)
     systemctl = module.get_bin_path("systemctl", required=True)
-    statuses = []
-    for name in names:
-        unit = "vllm@%s.service" % name
-        rc, out, err = module.run_command([systemctl, "show", unit, "-p", ",".join(vllm_instances.SHOW_PROPERTIES)])
-        if rc != 0:
-            module.fail_json(msg="systemctl show %s failed: %s" % (unit, err.strip()))
-        show = vllm_instances.parse_show(out)
-        pid = int(show["MainPID"]) if show.get("MainPID", "").isdigit() else 0
-        raw = read("/proc/%d/environ" % pid, "rb") if pid else None
-        environ = vllm_instances.parse_environ(raw) if raw is not None else None
-        status = vllm_instances.instance_status(name, show, read(os.path.join(config_dir, "%s.env" % name)), environ)
-        if module.params["metrics"]:
-            counts = {"running": None, "waiting": None}
-            if status["port"] and status["active_state"] == "active":
-                try:
-                    resp = open_url("http://127.0.0.1:%d/metrics" % status["port"], timeout=timeout)
-                    counts = vllm_instances.parse_metrics(to_text(resp.read(vllm_instances.MAX_FILE_BYTES)))
-                except Exception:  # pylint: disable=broad-except
-                    pass  # an instance that does not answer reports null counts
-            status["requests_running"] = counts["running"]
-            status["requests_waiting"] = counts["waiting"]
-        statuses.append(status)
+    statuses = [one_status(module, systemctl, config_dir, name) for name in names]
     module.exit_json(changed=False, instances=statuses, **vllm_instances.summarize(statuses))
 
 

@@ -141,6 +141,29 @@ def test_dp_two_instances_started_as_planned_loaded_reported_and_stopped(tmp_pat
     assert all(e["stopped"] == "terminated" for e in dp["instances"])
 
 
+def test_a_warm_up_without_one_good_answer_fails_the_topology_and_still_stops_it(tmp_path, fake_python, records):
+    opts = box_measure.check_options(options(tmp_path, fake_python, records))
+    variables = {"plan_max_model_len": 8192, "plan_extra_env": {"FAKE_VLLM_RECORD_DIR": str(records)}}
+    kwargs, launch = box_measure.planner_inputs(variables, opts["model"], opts["base_port"])
+    [candidate] = box_measure.plan_candidates(["dp"], box_measure.read_facts(str(H200X2)), opts["model"], kwargs, launch)
+    asked = []
+
+    def refused_load(settings):
+        asked.append(settings)
+        return [
+            {"i": i, "outcome": "http_503", "start": 1.0, "end": 2.0, "tokens": 0, "ttft": None, "tpot": None, "latency": 1.0} for i in range(settings["count"])
+        ]
+
+    logged = []
+    out = box_measure.measure_topology(opts, candidate, logged.append, popen=subprocess.Popen, clock=time.monotonic, sleep=time.sleep, run=refused_load)
+    assert out["failure"] == "no warm-up request succeeded ({'http_503': 2})"
+    # Only the warm-up ran: no level was loaded, and both instances were stopped.
+    assert out["results"] == [] and [(s["count"], s["concurrency"], s["seed"]) for s in asked] == [(2, 2, 0)]
+    assert len(asked[0]["urls"]) == 2 and asked[0]["mix"] == "8:4"
+    assert [e["stopped"] for e in out["instances"]] == ["terminated", "terminated"]
+    assert_all_gone(started(records))
+
+
 def test_a_failing_instance_is_reported_in_vllms_words_and_the_next_topology_still_runs(tmp_path, fake_python, records):
     base = free_port_pair()
     opts = options(tmp_path, fake_python, records, mode="exit_on:%d" % (base + 1), base_port=base, topologies=["dp", "tp"], concurrency=[1])
