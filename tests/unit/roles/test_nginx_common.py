@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import Templar
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import load_trusted, trust_as_template
 
 ROOT = Path(__file__).resolve().parents[3]
 ROLE = ROOT / "roles" / "nginx_common"
@@ -68,7 +69,7 @@ with open(os.environ["FAKE_NGINX_LOG"], "a") as log:
 
 
 def render_script(conf_dir=None):
-    variables = dict(LOADER.load_from_file(str(ROLE / "vars" / "main.yml"), trusted_as_template=True))
+    variables = dict(load_trusted(LOADER, ROLE / "vars" / "main.yml"))
     if conf_dir is not None:
         variables["_nginx_common_conf_dir"] = str(conf_dir)
     variables["ansible_managed"] = "Ansible managed"
