@@ -355,13 +355,6 @@ def test_server_listen_address_keeps_loopback():
     assert re.findall(r"listen (.*);", server) == ["10.0.0.11:8000", "127.0.0.1:8000"]
 
 
-def test_validator_script_tests_a_staged_copy():
-    script = render_file(role_vars("gw1"), "nginx-validate.sh.j2")
-    assert script.startswith("#!/bin/sh\n#\n# Ansible managed")
-    assert 'cp -RL /etc/nginx/. "$stage/"' in script
-    assert 'nginx -t -q -c "$stage/nginx.conf"' in script
-
-
 # --- preflight ---------------------------------------------------------------------------
 def test_preflight_passes_for_a_good_fleet():
     for host in ("gpu1", "gw1"):
