@@ -71,7 +71,7 @@ def test_duplicate_names_are_looked_up_once():
         calls.append(name)
         return [info("10.0.0.1")]
 
-    found, _ = name_resolution.resolve(["a", "a", "b"], 5, counting)
+    found = name_resolution.resolve(["a", "a", "b"], 5, counting)[0]
     assert sorted(calls) == ["a", "b"] and list(found) == ["a", "b"]
 
 
@@ -82,7 +82,7 @@ def test_addresses_resolve_to_themselves_with_the_real_resolver():
 
 
 def test_localhost_resolves_with_the_real_resolver():
-    found, _ = name_resolution.resolve(["localhost"], 5)
+    found = name_resolution.resolve(["localhost"], 5)[0]
     assert found["localhost"] and set(found["localhost"]) <= {"127.0.0.1", "::1"}
 
 
@@ -93,7 +93,7 @@ def test_a_name_under_invalid_does_not_resolve_with_the_real_resolver():
 
 def test_many_addresses_are_capped():
     table = {"big": [info("10.0.%d.%d" % (i // 250, i % 250)) for i in range(500)]}
-    found, _ = name_resolution.resolve(["big"], 5, fake_resolver(table))
+    found = name_resolution.resolve(["big"], 5, fake_resolver(table))[0]
     assert len(found["big"]) == name_resolution.MAX_ADDRESSES
 
 
