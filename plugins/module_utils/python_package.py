@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import sys
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError, read_bytes
 
@@ -58,6 +59,21 @@ def check_inputs(params):
             )
     if isinstance(import_timeout, bool) or not isinstance(import_timeout, (int, float)) or not 0 < import_timeout <= MAX_IMPORT_TIMEOUT:
         raise InputError("import_timeout must be a number of seconds above 0 and at most %d, not %r" % (MAX_IMPORT_TIMEOUT, import_timeout))
+
+
+def check_interpreter(python, executable=None):
+    """Refuse to go on when the module does not run under the interpreter its ``python`` option names.
+
+    The module's action plugin runs it with that interpreter; without the action
+    plugin (an old copy of the collection, a module run by hand) the answer would
+    be about another Python.
+    """
+    executable = os.path.abspath(executable or sys.executable)
+    if python is not None and executable != python:
+        raise InputError(
+            "python: the module runs under %s, not %s; run it through its action plugin (gpufleet.serving collection"
+            " installed as a whole), which uses the interpreter that python names" % (executable, python)
+        )
 
 
 def installed_version(name, metadata=importlib.metadata):

@@ -17,8 +17,7 @@ description:
   - The download runs in a child process that is stopped after O(timeout) seconds.
   - The hub client reads its settings from the environment as usual (C(HF_TOKEN), C(HF_ENDPOINT), C(HF_HUB_OFFLINE),
     C(HF_HUB_DISABLE_TELEMETRY)); set them with the task's C(environment).
-  - Run it with the task variable C(ansible_python_interpreter) set to the Python of a virtualenv that has
-    C(huggingface_hub).
+  - Give O(python) the Python of a virtualenv that has C(huggingface_hub).
 author: gpufleet.serving contributors (@gpufleet)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
@@ -58,6 +57,13 @@ options:
     description: Seconds the download may take before it is stopped and the module fails (at most a week).
     type: float
     default: 21600
+  python:
+    description:
+      - The Python interpreter to run the module with, such as a virtualenv's C(bin/python).
+      - The module's action plugin makes Ansible use it for this task even where C(ansible_python_interpreter) is set
+        otherwise (an extra variable included); the module fails when it does not run under it.
+      - By default the host's interpreter, as for any module.
+    type: str
 requirements:
   - huggingface_hub (in the Python that runs the module)
 """
@@ -68,11 +74,10 @@ EXAMPLES = r"""
     repo_id: Qwen/Qwen2.5-0.5B-Instruct
     revision: main
     dest: /var/lib/vllm/models/Qwen2.5-0.5B-Instruct
+    python: /opt/vllm/venv/bin/python
   environment:
     HF_TOKEN: "{{ hf_token }}"
     HF_HUB_DISABLE_TELEMETRY: "1"
-  vars:
-    ansible_python_interpreter: /opt/vllm/venv/bin/python
   no_log: true
 """
 
@@ -93,6 +98,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.gpufleet.serving.plugins.module_utils import hf_snapshot
 from ansible_collections.gpufleet.serving.plugins.module_utils.child_call import ChildError, call_in_child
 from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError
+from ansible_collections.gpufleet.serving.plugins.module_utils.python_package import check_interpreter
 
 try:
     from huggingface_hub import snapshot_download
@@ -112,6 +118,7 @@ def main():
             patterns=dict(type="list", elements="str"),
             stamp=dict(type="str", default=".gpufleet-complete"),
             timeout=dict(type="float", default=21600),
+            python=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -119,6 +126,7 @@ def main():
     dest = params["dest"]
     result = dict(changed=False, dest=dest, stamp="%s/%s" % (dest, params["stamp"]))
     try:
+        check_interpreter(params["python"])
         hf_snapshot.check_inputs(params)
         done = hf_snapshot.stamp_state(dest, params["stamp"], module.check_mode)
     except InputError as exc:

@@ -11,8 +11,8 @@ module: python_package_info
 short_description: Report a Python distribution's installed version, whether it imports, and which flags its source declares
 version_added: 0.3.0
 description:
-  - Reads, without changing anything, what the Python interpreter that runs the module has installed. Run it with the
-    task variable C(ansible_python_interpreter) set to the Python of a virtualenv to ask about that virtualenv.
+  - Reads, without changing anything, what the Python interpreter that runs the module has installed; give O(python)
+    the Python of a virtualenv to ask about that virtualenv.
   - RV(version) is the installed version of the distribution O(name), from its metadata (C(importlib.metadata)); the
     package is not imported for it.
   - With O(flags), the module finds the directory of the package O(module) without importing it and reports which of
@@ -56,6 +56,13 @@ options:
   flags_source:
     description: The file of the package O(module) that declares the flags, relative to its directory (V(engine/arg_utils.py)).
     type: str
+  python:
+    description:
+      - The Python interpreter to run the module with, such as a virtualenv's C(bin/python).
+      - The module's action plugin makes Ansible use it for this task even where C(ansible_python_interpreter) is set
+        otherwise (an extra variable included); the module fails when it does not run under it.
+      - By default the host's interpreter, as for any module.
+    type: str
 notes:
   - Only the standard library is needed; the package itself is imported only with O(try_import=true).
 """
@@ -64,8 +71,7 @@ EXAMPLES = r"""
 - name: Read the vLLM version installed in its virtualenv
   gpufleet.serving.python_package_info:
     name: vllm
-  vars:
-    ansible_python_interpreter: /opt/vllm/venv/bin/python
+    python: /opt/vllm/venv/bin/python
   register: vllm_installed
 
 - name: Check that vLLM imports, and whether it knows --shutdown-timeout
@@ -75,8 +81,7 @@ EXAMPLES = r"""
     try_import: true
     flags: [--shutdown-timeout]
     flags_source: engine/arg_utils.py
-  vars:
-    ansible_python_interpreter: /opt/vllm/venv/bin/python
+    python: /opt/vllm/venv/bin/python
   register: vllm_probe
 """
 
@@ -130,11 +135,13 @@ def main():
             flags_source=dict(type="str"),
             try_import=dict(type="bool", default=False),
             import_timeout=dict(type="float", default=600),
+            python=dict(type="str"),
         ),
         supports_check_mode=True,
     )
     params = module.params
     try:
+        python_package.check_interpreter(params["python"])
         python_package.check_inputs(params)
         version = python_package.installed_version(params["name"])
         location = python_package.package_dir(params["module"]) if params["module"] else None
