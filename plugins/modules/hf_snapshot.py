@@ -21,13 +21,7 @@ description:
 author: gpufleet.serving contributors (@gpufleet)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - gpufleet.serving.attributes
 options:
   repo_id:
     description: The repository, C([namespace/]name).

@@ -20,13 +20,7 @@ description:
 author: gpufleet.serving contributors (@gpufleet)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - gpufleet.serving.attributes
 options:
   names:
     description: Host names or IP addresses (at most 512).

@@ -7,8 +7,8 @@ import os
 import sys
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.gpufleet.serving.plugins.modules import hf_snapshot, python_package_info, resolve_names
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import patch_module_args
 
 
 def run(capsys, module, args, check_mode=False):
