@@ -9,8 +9,8 @@ The module runs under the Python of the environment it asks about (the task
 sets ``ansible_python_interpreter``), so these are plain standard-library
 look-ups: ``importlib.metadata`` for the version, ``importlib.util.find_spec``
 for the package directory (which imports nothing of the package), and a
-bounded read of one file inside that directory for the flags. Importing the
-package is left to the module, in a child process (see ``child_call``).
+bounded read of one file inside that directory for the flags. ``import_check``
+imports the package in a fresh process of the same interpreter, bounded in time.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import subprocess
 import sys
 
 from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError, read_bytes
@@ -117,8 +118,52 @@ def flags_declared(directory, flags_source, flags):
     return found
 
 
-def import_version(module):
-    """Import ``module`` and return its ``__version__`` as text (empty when it has none); run in a child process."""
-    imported = importlib.import_module(module)
-    version = getattr(imported, "__version__", "")
-    return version if isinstance(version, str) else str(version)
+# What a fresh interpreter runs to import the package: the module's own process
+# has ansible's module_utils loaded, which patch sys (sys.intern), and torch (so
+# vLLM) refuses to import under that patch. The version is the last line, after
+# a marker, because an import may print to standard output.
+IMPORT_MARKER = "gpufleet-import-version:"
+IMPORT_PROBE = (
+    "import importlib, sys; m = importlib.import_module(sys.argv[1]); sys.stdout.write('\\n%s' + str(getattr(m, '__version__', '')) + '\\n')" % IMPORT_MARKER
+)
+MAX_OUTPUT_TAIL = 2000
+
+
+class ImportFailed(Exception):
+    """The package does not import (or not in time); the message says why."""
+
+
+def _last_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][-MAX_OUTPUT_TAIL:] if lines else ""
+
+
+def import_check(module, timeout, python=None, env=None):
+    """``module``'s ``__version__`` (empty when it has none) after importing it in a fresh ``python``, within ``timeout``.
+
+    ``env`` defaults to this process's environment without the PYTHON* variables,
+    so that only the interpreter's own paths count (tests give a PYTHONPATH).
+    """
+    python = python or sys.executable
+    if env is None:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    try:
+        done = subprocess.run(
+            [python, "-s", "-c", IMPORT_PROBE, module],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+            cwd="/",
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ImportFailed("the import did not finish within %s seconds and was stopped" % timeout) from None
+    except OSError as exc:
+        raise ImportFailed("%s cannot be run: %s" % (python, exc.strerror or exc)) from None
+    out = done.stdout.decode("utf-8", "replace")
+    if done.returncode != 0 or IMPORT_MARKER not in out:
+        reason = _last_line(done.stderr.decode("utf-8", "replace")) or "no message"
+        raise ImportFailed("%s (exit status %d)" % (reason, done.returncode))
+    version = out.rsplit(IMPORT_MARKER, 1)[1].strip().splitlines()
+    return version[0][:256] if version else ""

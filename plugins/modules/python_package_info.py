@@ -18,7 +18,7 @@ description:
   - With O(flags), the module finds the directory of the package O(module) without importing it and reports which of
     the flags the file O(flags_source) of that package holds as a double-quoted string (vLLM declares each engine flag
     that way in C(engine/arg_utils.py)).
-  - With O(try_import=true), the module imports O(module) in a child process, bounded by O(import_timeout), and fails when
+  - With O(try_import=true), the module imports O(module) in a fresh process of the same interpreter, bounded by O(import_timeout), and fails when
     it does not import; what the import prints goes to standard error.
 author: gpufleet.serving contributors (@gpufleet)
 extends_documentation_fragment:
@@ -116,7 +116,6 @@ import sys
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.gpufleet.serving.plugins.module_utils import python_package
-from ansible_collections.gpufleet.serving.plugins.module_utils.child_call import ChildError, call_in_child
 from ansible_collections.gpufleet.serving.plugins.module_utils.input_checks import InputError
 
 
@@ -146,8 +145,8 @@ def main():
     if params["try_import"]:
         name = params["module"]
         try:
-            result["module_version"] = call_in_child(lambda: python_package.import_version(name), params["import_timeout"])
-        except ChildError as exc:
+            result["module_version"] = python_package.import_check(name, params["import_timeout"])
+        except python_package.ImportFailed as exc:
             module.fail_json(msg="%s does not import with %s: %s" % (name, sys.executable, exc), **result)
     module.exit_json(**result)
 

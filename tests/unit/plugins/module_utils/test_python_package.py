@@ -80,9 +80,44 @@ def test_a_source_that_is_a_fifo_or_huge_is_refused(tmp_path):
         python_package.flags_declared(str(tmp_path), "huge.py", ["--a"])
 
 
-def test_import_version_imports_and_reads_the_version():
-    assert python_package.import_version("json") == __import__("json").__version__
-    assert python_package.import_version("os") == ""  # os has no __version__
+def test_the_import_runs_in_a_fresh_interpreter_and_reads_the_version(tmp_path):
+    (tmp_path / "noisy").mkdir()
+    (tmp_path / "noisy" / "__init__.py").write_text("import sys\nprint('INFO loading')\nassert not hasattr(sys, 'gpufleet_mark')\n__version__ = '0.32.0'\n")
+    sys.gpufleet_mark = True  # set here, absent in the fresh interpreter
+    try:
+        env = {"PYTHONPATH": str(tmp_path), "PATH": os.environ.get("PATH", "")}
+        assert python_package.import_check("noisy", 30, env=env) == "0.32.0"
+    finally:
+        del sys.gpufleet_mark
+    assert python_package.import_check("os", 30) == ""  # os has no __version__
+    assert python_package.import_check("json", 30) == __import__("json").__version__
+
+
+def test_the_environment_python_variables_are_not_passed_on(tmp_path, monkeypatch):
+    (tmp_path / "onlyhere").mkdir()
+    (tmp_path / "onlyhere" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(python_package.ImportFailed, match="No module named 'onlyhere'"):
+        python_package.import_check("onlyhere", 30)
+
+
+def test_an_import_that_fails_names_the_reason(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "__init__.py").write_text("raise ImportError('libnuma.so.1: cannot open shared object file')\n")
+    with pytest.raises(python_package.ImportFailed, match=r"ImportError: libnuma.so.1.*exit status 1"):
+        python_package.import_check("broken", 30, env={"PYTHONPATH": str(tmp_path)})
+
+
+def test_an_import_that_hangs_is_stopped(tmp_path):
+    (tmp_path / "hangs").mkdir()
+    (tmp_path / "hangs" / "__init__.py").write_text("import time\ntime.sleep(60)\n")
+    with pytest.raises(python_package.ImportFailed, match=r"within 0\.5 seconds"):
+        python_package.import_check("hangs", 0.5, env={"PYTHONPATH": str(tmp_path)})
+
+
+def test_an_interpreter_that_cannot_run_is_named(tmp_path):
+    with pytest.raises(python_package.ImportFailed, match="cannot be run"):
+        python_package.import_check("os", 5, python=str(tmp_path / "no-python"))
 
 
 @pytest.mark.parametrize(

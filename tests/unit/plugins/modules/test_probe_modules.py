@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+from ansible_collections.gpufleet.serving.plugins.module_utils import python_package
 from ansible_collections.gpufleet.serving.plugins.modules import hf_snapshot, python_package_info, resolve_names
 from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import patch_module_args
 
@@ -33,6 +34,8 @@ def fake_vllm(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-vllm\nVersion: 1.2.3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    real_check = python_package.import_check
+    monkeypatch.setattr(python_package, "import_check", lambda name, timeout: real_check(name, timeout, env={"PYTHONPATH": str(tmp_path)}))
     return package
 
 
@@ -69,7 +72,7 @@ def test_flags_of_a_package_that_is_not_there_are_false(capsys):
     assert result.get("failed") is not True and result["flags"] == {"--shutdown-timeout": False}
 
 
-def test_import_in_a_child_keeps_the_output_one_json_object(capsys, fake_vllm):
+def test_import_in_a_fresh_interpreter_keeps_the_output_one_json_object(capsys, fake_vllm):
     result = run(capsys, python_package_info, {"name": "fake-vllm", "module": "fakevllm", "try_import": True})
     assert result["module_version"] == "1.2.3"
     assert "fakevllm" not in sys.modules
@@ -84,7 +87,7 @@ def test_a_package_that_does_not_import_fails_with_the_reason(capsys, fake_vllm)
 
 def test_an_import_that_hangs_is_stopped(capsys, fake_vllm):
     result = run(capsys, python_package_info, {"name": "fake-vllm", "module": "hangpkg", "try_import": True, "import_timeout": 0.5})
-    assert result["failed"] is True and "time limit" in result["msg"]
+    assert result["failed"] is True and "did not finish within 0.5 seconds" in result["msg"]
 
 
 def test_python_package_info_refuses_bad_input_by_name(capsys):
