@@ -22,6 +22,7 @@ author: gpufleet.serving contributors (@gpufleet)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - gpufleet.serving.attributes
+  - gpufleet.serving.venv_python
 options:
   repo_id:
     description: The repository, C([namespace/]name).
@@ -51,13 +52,6 @@ options:
     description: Seconds the download may take before it is stopped and the module fails (at most a week).
     type: float
     default: 21600
-  python:
-    description:
-      - The Python interpreter to run the module with, such as a virtualenv's C(bin/python).
-      - The module's action plugin makes Ansible use it for this task even where C(ansible_python_interpreter) is set
-        otherwise (an extra variable included); the module fails when it does not run under it.
-      - By default the host's interpreter, as for any module.
-    type: str
 requirements:
   - huggingface_hub (in the Python that runs the module)
 """

