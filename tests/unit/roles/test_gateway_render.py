@@ -13,24 +13,20 @@ keys, drain marks, the refusals).
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
 
 import pytest
-from ansible.module_utils import _internal as module_utils_internal
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
-from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import holds, load_trusted, trust_as_template
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import holds, import_controller_plugin, load_trusted, trust_as_template
 
-# Importing a filter plugin marks the process as the controller (see
-# tests/unit/plugins/filter/test_artifact_cache_allow.py); put the flag back.
-_WAS_CONTROLLER = module_utils_internal.is_controller
+# Importing a filter plugin marks the process as the controller on 2.19 (see
+# tests/unit/plugins/filter/test_artifact_cache_allow.py); import_controller_plugin puts the flag back.
 _FILTERS = "ansible_collections.gpufleet.serving.plugins.filter."
-gateway_drained = importlib.import_module(_FILTERS + "gateway_drained").gateway_drained
-gateway_hosts = importlib.import_module(_FILTERS + "gateway_hosts").gateway_hosts
-gateway_site_model = importlib.import_module(_FILTERS + "gateway_site_model").gateway_site_model
-module_utils_internal.is_controller = _WAS_CONTROLLER
+gateway_drained = import_controller_plugin(_FILTERS + "gateway_drained").gateway_drained
+gateway_hosts = import_controller_plugin(_FILTERS + "gateway_hosts").gateway_hosts
+gateway_site_model = import_controller_plugin(_FILTERS + "gateway_site_model").gateway_site_model
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "gateway"
 LOADER = DataLoader()

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
-from ansible.module_utils import _internal as module_utils_internal
+from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import import_controller_plugin
 
-# Importing a filter plugin marks the process as the controller (see test_artifact_cache_allow.py); put the flag back.
-_WAS_CONTROLLER = module_utils_internal.is_controller
+# Importing a filter plugin marks the process as the controller on 2.19 (see
+# test_artifact_cache_allow.py); import_controller_plugin puts the flag back.
 _FILTERS = "ansible_collections.gpufleet.serving.plugins.filter."
-gateway_hosts = importlib.import_module(_FILTERS + "gateway_hosts").gateway_hosts
-gateway_drain = importlib.import_module(_FILTERS + "gateway_drain").gateway_drain
-gateway_drained = importlib.import_module(_FILTERS + "gateway_drained").gateway_drained
-gateway_site_model = importlib.import_module(_FILTERS + "gateway_site_model").gateway_site_model
-AnsibleFilterError = importlib.import_module("ansible.errors").AnsibleFilterError
-module_utils_internal.is_controller = _WAS_CONTROLLER
+gateway_hosts = import_controller_plugin(_FILTERS + "gateway_hosts").gateway_hosts
+gateway_drain = import_controller_plugin(_FILTERS + "gateway_drain").gateway_drain
+gateway_drained = import_controller_plugin(_FILTERS + "gateway_drained").gateway_drained
+gateway_site_model = import_controller_plugin(_FILTERS + "gateway_site_model").gateway_site_model
+AnsibleFilterError = import_controller_plugin("ansible.errors").AnsibleFilterError
 
 HOSTVARS = {"gpu1": {"gateway_weight": 2, "ansible_host": "x", "secret": "not read"}, "gw1": {"gateway_address": "10.0.0.2"}}
 MODEL = {
