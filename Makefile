@@ -31,7 +31,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NO_COLOR := 1
 export ANSIBLE_FORCE_COLOR := 0
 
-.PHONY: help deps apt venv venv-oldest collections fleet-image wheelhouse tiny-model vllm-image unit unit-oldest hostile lint \
+.PHONY: help deps apt venv venv-oldest collections promtool fleet-image wheelhouse tiny-model vllm-image setup unit unit-oldest hostile lint \
         sanity sanity-oldest ruff ansible-lint molecule test test-unit test-scenario demo demo-down clean distclean
 
 help:
@@ -81,6 +81,26 @@ collections: $(CACHE)/collections/.stamp
 
 deps: apt venv collections
 
+# promtool, amtool and mtail from Debian 12's own packages (prometheus,
+# prometheus-alertmanager, mtail: the versions the monitoring role installs),
+# unpacked into .cache/promtool without installing or starting anything; the
+# unit tests check and test the alert rules with promtool and amtool, and run
+# the nginx access-log program through the real mtail. Once: the stamp.
+PROMTOOL_DIR := $(CACHE)/promtool
+PROMTOOL := $(PROMTOOL_DIR)/bin/promtool
+$(PROMTOOL_DIR)/.stamp: Makefile
+	@rm -rf $(PROMTOOL_DIR) && mkdir -p $(PROMTOOL_DIR)/bin && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT; \
+	cd "$$tmp" && { apt-get download prometheus prometheus-alertmanager mtail >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get download prometheus prometheus-alertmanager mtail >/dev/null; }; }; \
+	for deb in prometheus_*.deb prometheus-alertmanager_*.deb mtail_*.deb; do dpkg-deb -x "$$deb" root; done; \
+	cp root/usr/bin/promtool root/usr/bin/amtool root/usr/bin/mtail $(PROMTOOL_DIR)/bin/; \
+	ls prometheus_*.deb prometheus-alertmanager_*.deb mtail_*.deb > $(PROMTOOL_DIR)/debs.txt
+	$(PROMTOOL) --version | head -1
+	$(PROMTOOL_DIR)/bin/mtail --version | head -1
+	@touch $@
+
+promtool: $(PROMTOOL_DIR)/.stamp
+
 fleet-image: apt
 	tests/fleet/fleet.sh image
 
@@ -102,11 +122,20 @@ tiny-model: $(CACHE)/tiny-model/model.safetensors
 vllm-image: deps fleet-image wheelhouse
 	tests/fleet/fleet.sh vllm-image
 
+# What make test needs before its tests. After deps, the parts that need only
+# deps are made at once (on a fresh machine: the Debian image's debootstrap,
+# the wheel cache's downloads, the tiny model, promtool, the oldest
+# ansible-core's venv; none writes where another does), then the vLLM image,
+# which needs the first two. On a warm machine each is a check of seconds.
+setup: deps
+	@$(MAKE) --no-print-directory -j3 fleet-image wheelhouse tiny-model promtool venv-oldest
+	@$(MAKE) --no-print-directory vllm-image
+
 # --- tests -----------------------------------------------------------------
 # The unit tests, less the hostile-input suites (hundreds of module and
 # ansible-playbook runs, about 80 s): make test runs those in the lane beside
 # the site scenario, off the critical path.
-unit: venv collections
+unit: venv collections promtool
 	$(BIN)/pytest -q tests/unit --ignore=tests/unit/hostile
 
 hostile: venv collections
@@ -123,7 +152,7 @@ sanity: venv apt
 
 # The same two stages on the oldest ansible-core claimed (requirements-oldest.txt):
 # its own PATH, so the modules and playbooks the tests start are that version's.
-unit-oldest: venv-oldest collections
+unit-oldest: venv-oldest collections promtool
 	PATH=$(VENV_OLDEST)/bin:$$PATH $(VENV_OLDEST)/bin/pytest -q tests/unit --ignore=tests/unit/hostile
 
 sanity-oldest: venv-oldest apt
@@ -142,23 +171,25 @@ run_scenarios = for s in $(1); do \
 molecule: deps fleet-image vllm-image tiny-model
 	@$(call run_scenarios,$(MOLECULE_SCENARIOS))
 
-# Everything. After the unit tests and ruff (seconds), two lanes at once: the
+# Everything. After ruff (seconds) and the set-up, two lanes at once: the
 # site scenario, whose output streams here, and beside it the vllm scenario,
-# ansible-lint, ansible-test sanity, the unit tests and sanity on the oldest
-# ansible-core claimed and the scenarios without vLLM, whose output
-# goes to .cache/logs/test-beside.log and is printed when both lanes are done.
+# the unit tests, ansible-lint, ansible-test sanity, the hostile-input suites,
+# the unit tests and sanity on the oldest ansible-core claimed and the
+# scenarios without vLLM, whose output goes to .cache/logs/test-beside.log and
+# is printed when both lanes are done. The unit tests run beside, not first:
+# the site lane is the longer one, and `make test-unit` is the quick check.
 # The beside lane's vLLM fleet is gone before site's fault tests begin
 # (tests/README.md has the timings); 2 cores and 24 GiB hold both fleets.
-test: unit ruff deps fleet-image vllm-image tiny-model wheelhouse
+test: ruff setup
 	@mkdir -p $(CACHE)/logs; start=$$(date +%s); log=$(CACHE)/logs/test-beside.log; \
-	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), ansible-lint, sanity, the hostile-input suites, unit and sanity on the oldest ansible-core, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
+	echo "=== beside the site scenario: molecule $(MOLECULE_BESIDE_SCENARIOS), the unit tests, ansible-lint, sanity, the hostile-input suites, unit and sanity on the oldest ansible-core, molecule $(MOLECULE_LIGHT_SCENARIOS) (log: $$log)"; \
 	( ( $(call run_scenarios,$(MOLECULE_BESIDE_SCENARIOS)) ) && \
-	  $(MAKE) --no-print-directory ansible-lint sanity hostile unit-oldest sanity-oldest && \
+	  $(MAKE) --no-print-directory unit ansible-lint sanity hostile unit-oldest sanity-oldest && \
 	  ( $(call run_scenarios,$(MOLECULE_LIGHT_SCENARIOS)) ) ) >$$log 2>&1 & beside=$$!; \
 	main=0; ( $(call run_scenarios,$(MOLECULE_MAIN_SCENARIOS)) ) || main=$$?; \
 	other=0; wait $$beside || other=$$?; \
 	echo "=== the lane beside the site scenario ($$log):"; cat $$log; \
-	echo "=== make test: site lane rc=$$main, beside lane rc=$$other, $$(( $$(date +%s) - start ))s after the unit tests"; \
+	echo "=== make test: site lane rc=$$main, beside lane rc=$$other, $$(( $$(date +%s) - start ))s after the set-up"; \
 	[ $$main -eq 0 ] && [ $$other -eq 0 ]
 
 test-unit: unit hostile ruff

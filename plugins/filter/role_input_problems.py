@@ -13,7 +13,7 @@ version_added: 0.1.0
 author: gpufleet.serving contributors (@gpufleet)
 description:
   - Checks the variables of one of the collection's roles (V(gateway), V(vllm), V(plan), V(nvidia), V(artifact_cache),
-    V(bakeoff)) against the role's schema - names in a strict character set, ports and their ranges, nginx times, sizes
+    V(bakeoff), V(watchdog), V(monitoring)) against the role's schema - names in a strict character set, ports and their ranges, nginx times, sizes
     and rates, addresses and networks (never everyone), host names, paths confined to their directory, URLs, bounded
     lists and numbers, booleans that are real booleans - and then against each other (ports that must differ, instance
     ports that must fit below 65536).

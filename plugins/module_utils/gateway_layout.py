@@ -14,16 +14,28 @@ the drain entry point and a normal run of the role render the same model
 through the same template, so the template is the only writer of the site
 file and a server left drained stays drained.
 
+The server tier's `server` lines are not in the site file but in an include
+of their own (/etc/nginx/gpufleet/local-servers.conf), printed by
+local_servers_conf from the model, the drained set and the fenced set
+(/etc/nginx/gpufleet/fenced.json, which only the watchdog writes): the gateway
+role and the watchdog write that file with the same function, so an instance
+is `down` whoever wrote the file last.
+
 Everything here is pure: no host, no file, no network.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 
-MODEL_VERSION = 1
+# The site model's shape (site.json); version 2 keeps the server tier's
+# servers in an include file and the retry settings per tier.
+MODEL_VERSION = 2
+# The drained set's and the fenced set's shape.
+STATE_VERSION = 1
 TIERS = ("server", "fleet")
 # The names a drained set may hold: instance names (server tier) and GPU
 # servers' names (fleet tier), as role_inputs' `name` check allows them.
@@ -34,6 +46,21 @@ MAX_DRAINED = 4096
 MAX_STATE_BYTES = 1 << 20
 MAX_MODEL_BYTES = 16 << 20
 LOOPBACK = ("127.0.0.1", "::1")
+# The server tier's upstream servers, included in `upstream gpufleet_local`.
+LOCAL_SERVERS_FILE = "/etc/nginx/gpufleet/local-servers.conf"
+# What an upstream server line may print, checked again when the line is
+# printed (the model may come from a file on the host).
+_HOST_RE = re.compile(r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\])$")
+_COMMENT_RE = re.compile(r"^[A-Za-z0-9@._:()\[\] -]{1,200}$")
+# The watchdog reads at most 500 characters of a reason back (fence_watchdog.parse_fenced_file).
+MAX_REASON = 500
+# Retrying at the fleet tier: a 503 of a server tier (no instance of that
+# server took the request) moves the request to another GPU server, POSTs
+# included; the request body is buffered so that it can be sent again.
+# README.md, "Streaming and failures", says why this is safe.
+SERVER_NEXT_UPSTREAM = "error timeout"
+FLEET_NEXT_UPSTREAM = "error timeout http_503 non_idempotent"
+FLEET_BODY_BUFFER = "1m"
 
 
 class GatewayLayoutError(ValueError):
@@ -162,11 +189,13 @@ def locations(paths, upstream, check_key=False, rate_limit=False):
     return [{"path": p, "upstream": upstream, "check_key": check_key, "rate_limit": rate_limit} for p in paths]
 
 
-def _upstream(name, servers, keepalive_timeout, settings):
+def _upstream(name, servers, keepalive_timeout, settings, servers_file=""):
     return {
         "name": name,
         "balance": settings["gateway_balance"],
         "servers": servers,
+        # Where the server lines are, when they are not printed in the block.
+        "servers_file": servers_file,
         "max_fails": settings["gateway_max_fails"],
         "fail_timeout": settings["gateway_fail_timeout"],
         "keepalive": settings["gateway_keepalive_connections"],
@@ -174,14 +203,28 @@ def _upstream(name, servers, keepalive_timeout, settings):
     }
 
 
+def _page(page, tier):
+    out = {"code": page["code"], "type": page["type"], "message": page["message"], "unsent": None}
+    unsent = page.get("unsent")
+    if unsent and tier in unsent["tiers"]:
+        out["unsent"] = {"code": unsent["code"], "type": page["type"], "message": unsent["message"]}
+    return out
+
+
 def _pages(pages, tier):
-    return [{"code": p["code"], "type": p["type"], "message": p["message"]} for p in pages if tier in p["tiers"]]
+    """The tier's error pages. A page with `unsent` answers with that code and message instead when no
+    byte of the request reached an instance (the server tier's own 502: every instance down or refusing)."""
+    return [_page(p, tier) for p in pages if tier in p["tiers"]]
 
 
 def _server_tier(settings, context):
+    servers_file = context["files"].get("local_servers") or LOCAL_SERVERS_FILE
     return {
         "port": settings["gateway_server_port"],
-        "upstream": _upstream("gpufleet_local", local_servers(context["instances"]), settings["gateway_instance_keepalive_timeout"], settings),
+        "upstream": _upstream("gpufleet_local", local_servers(context["instances"]), settings["gateway_instance_keepalive_timeout"], settings, servers_file),
+        "next_upstream": SERVER_NEXT_UPSTREAM,
+        "request_buffering": False,
+        "body_buffer": "",
         "listen": server_listen(settings),
         # Longer than the gateways keep their idle connections to this tier.
         "keepalive_timeout": int(settings["gateway_server_keepalive_timeout"]) + 15,
@@ -200,6 +243,9 @@ def _fleet_tier(settings, context):
         "upstream": _upstream(
             "gpufleet_fleet", fleet_servers(context["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings
         ),
+        "next_upstream": FLEET_NEXT_UPSTREAM,
+        "request_buffering": True,
+        "body_buffer": FLEET_BODY_BUFFER,
         "listen": fleet_listen(settings, tls),
         "server_name": settings["gateway_server_name"],
         "tls": {"certificate": context["files"]["tls_certificate"], "key": context["files"]["tls_key"]} if tls else None,
@@ -242,7 +288,8 @@ def site_model(settings, context):
             "access_log": settings["gateway_access_log"],
             "error_log": settings["gateway_error_log"],
             "proxy": {
-                key: settings["gateway_" + key] for key in ("connect_timeout", "read_timeout", "send_timeout", "next_upstream_tries", "client_max_body_size")
+                key: settings["gateway_" + key]
+                for key in ("connect_timeout", "read_timeout", "send_timeout", "next_upstream_tries", "next_upstream_timeout", "client_max_body_size")
             },
             "server": _server_tier(settings, context) if context["is_server"] else None,
             "fleet": _fleet_tier(settings, context) if context["is_fleet"] else None,
@@ -255,7 +302,7 @@ def site_model(settings, context):
 
 # --- the drained set -----------------------------------------------------------------
 def empty_drained():
-    return {"version": MODEL_VERSION, "server": [], "fleet": []}
+    return {"version": STATE_VERSION, "server": [], "fleet": []}
 
 
 def _from_json(value, limit):
@@ -268,6 +315,8 @@ def _from_json(value, limit):
         return json.loads(value), None
     except ValueError as exc:
         return None, "is not JSON (%s)" % str(exc)[:200]
+    except RecursionError:
+        return None, "is nested too deeply to be read"
 
 
 def load_model(value):
@@ -302,8 +351,8 @@ def parse_drained(value):
         return empty_drained(), ['must be a JSON object {"version": 1, "server": [...], "fleet": [...]}']
     problems = []
     out = empty_drained()
-    if value.get("version") != MODEL_VERSION:
-        problems.append("has version %r, this role reads version %d" % (value.get("version"), MODEL_VERSION))
+    if value.get("version") != STATE_VERSION:
+        problems.append("has version %r, this role reads version %d" % (value.get("version"), STATE_VERSION))
     for tier in TIERS:
         names = value.get(tier, [])
         if not isinstance(names, list) or len(names) > MAX_DRAINED:
@@ -359,3 +408,132 @@ def drain(model, drained, tier, names, state):
     out = dict(drained)
     out[tier] = sorted(wanted & set(labels))
     return {"drained": out, "unknown": unknown}
+
+
+# --- the fenced set --------------------------------------------------------------------
+def _fenced_entry_problem(name, entry):
+    """None when one entry of the fenced set is what the watchdog writes, else what is wrong with it."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        return "holds a name that is not an instance name: %s" % repr(name)[:70]
+    if not isinstance(entry, Mapping) or set(entry) != {"since", "reason"}:
+        return "holds %s with other fields than since and reason" % name
+    since, reason = entry["since"], entry["reason"]
+    if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since) or since < 0:
+        return "holds %s with since %s, not a time in seconds" % (name, repr(since)[:40])
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
+        return "holds %s with a reason that is not a line of at most %d printable characters" % (name, MAX_REASON)
+    return None
+
+
+def parse_fenced(value):
+    """(names, problems) from the fenced set the watchdog keeps (JSON text or a dict; None when there is none).
+
+    The set is {"version": 1, "fenced": {"<instance name>": {"since": <unix time>, "reason": "<text>"}}}.
+    Problems are sentences that follow the file's name; a set with problems gives no names, and the
+    caller stops rather than guess which instances are out.
+    """
+    if value is None:
+        return [], []
+    value, problem = _from_json(value, MAX_STATE_BYTES)
+    if problem:
+        return [], [problem]
+    if not isinstance(value, Mapping):
+        return [], ['must be a JSON object {"version": 1, "fenced": {"<instance>": {"since": <time>, "reason": "<text>"}}}']
+    problems = []
+    if value.get("version") != STATE_VERSION:
+        problems.append("has version %s, this role reads version %d" % (repr(value.get("version"))[:40], STATE_VERSION))
+    extra = sorted(str(k)[:40] for k in value if k not in ("version", "fenced"))
+    if extra:
+        problems.append("has fields the watchdog does not write: %s" % ", ".join(extra[:5]))
+    entries = value.get("fenced")
+    if not isinstance(entries, Mapping) or len(entries) > MAX_DRAINED:
+        problems.append("must map at most %d instance names to {since, reason} under fenced" % MAX_DRAINED)
+        return [], problems
+    found = [p for p in (_fenced_entry_problem(n, e) for n, e in entries.items()) if p]
+    problems.extend(found[:5])
+    if problems:
+        return [], problems
+    return sorted(entries), []
+
+
+def fenced_details(value):
+    """{name: reason} of a fenced set that parse_fenced accepts (empty otherwise)."""
+    names, problems = parse_fenced(value)
+    if problems or not names:
+        return {}
+    found = _from_json(value, MAX_STATE_BYTES)[0]
+    return {name: found["fenced"][name]["reason"] for name in names}
+
+
+# --- the server tier's upstream servers ----------------------------------------------
+def _int_in(value, low, high, what):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise GatewayLayoutError("the site model's server tier has %s %s, not a whole number from %d to %d" % (what, repr(value)[:40], low, high))
+    return value
+
+
+def _checked_names(names, what):
+    if isinstance(names, (str, bytes)) or names is None:
+        raise GatewayLayoutError("%s must be a list of instance names, not %s" % (what, repr(names)[:70]))
+    out = set()
+    for item in names:
+        if not isinstance(item, str) or not _NAME_RE.match(item):
+            raise GatewayLayoutError("%s holds %s, which is not an instance name" % (what, repr(item)[:70]))
+        out.add(item)
+        if len(out) > MAX_DRAINED:
+            raise GatewayLayoutError("%s holds more than %d names" % (what, MAX_DRAINED))
+    return out
+
+
+def _server_line(server, upstream, down):
+    """One `server` line, the same text the upstream macro of nginx-macros.j2 prints for the fleet tier."""
+    if not isinstance(server, Mapping):
+        raise GatewayLayoutError("the site model's server tier has an upstream server that is not a mapping")
+    host, comment = server.get("host"), server.get("comment")
+    if not isinstance(host, str) or not _HOST_RE.match(host):
+        raise GatewayLayoutError("the site model's server tier has the upstream host %s, not an IP address" % repr(host)[:70])
+    if not isinstance(comment, str) or not _COMMENT_RE.match(comment):
+        raise GatewayLayoutError("the site model's server tier has the comment %s, not a short name" % repr(comment)[:70])
+    port = _int_in(server.get("port"), 1, 65535, "the port")
+    weight = _int_in(server.get("weight"), 1, 1000, "the weight")
+    max_fails = _int_in(upstream.get("max_fails"), 0, 1000, "max_fails")
+    fail_timeout = _int_in(upstream.get("fail_timeout"), 1, 86400, "fail_timeout")
+    return "    server %s:%d%s%s max_fails=%d fail_timeout=%ds;  # %s" % (
+        host,
+        port,
+        " down" if down else "",
+        " weight=%d" % weight if weight != 1 else "",
+        max_fails,
+        fail_timeout,
+        comment,
+    )
+
+
+def local_servers_conf(model, drained, fenced):
+    """The text of the server tier's include file (LOCAL_SERVERS_FILE): one `server` line per instance.
+
+    model: a site model (site_model, or load_model's result); drained: a drained set (parse_drained's
+    first result); fenced: instance names (parse_fenced's first result). An instance is `down` when its
+    name is in the drained set's server tier or in `fenced`. Raises GatewayLayoutError when the model has
+    no server tier or holds a value an nginx line cannot take.
+    """
+    part = model.get("server") if isinstance(model, Mapping) else None
+    upstream = part.get("upstream") if isinstance(part, Mapping) else None
+    if not isinstance(upstream, Mapping) or not isinstance(upstream.get("servers"), list):
+        raise GatewayLayoutError("the site model has no server tier: this host is not a GPU server of the gateway role")
+    if not isinstance(drained, Mapping):
+        raise GatewayLayoutError("the drained set must be a mapping (parse_drained's first result)")
+    servers = upstream["servers"]
+    if len(servers) > MAX_DRAINED:
+        raise GatewayLayoutError("the site model's server tier has more than %d upstream servers" % MAX_DRAINED)
+    down = _checked_names(drained.get("server") or [], "the drained set's server tier") | _checked_names(fenced, "the fenced set")
+    lines = [
+        "# gpufleet.serving: this GPU server's vLLM instances, included in upstream gpufleet_local.",
+        "# Written by the gateway role and by the watchdog (gateway_layout.local_servers_conf); down: drained or fenced.",
+    ]
+    for server in servers:
+        label = server.get("label") if isinstance(server, Mapping) else None
+        if not isinstance(label, str) or not _NAME_RE.match(label):
+            raise GatewayLayoutError("the site model's server tier has an instance name %s, not a name" % repr(label)[:70])
+        lines.append(_server_line(server, upstream, label in down))
+    return "\n".join(lines) + "\n"

@@ -52,6 +52,10 @@ ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/@%+=|*?&~-]{0,1024}$")
 ARG_RE = re.compile(r"^[A-Za-z0-9_./:=,@+%-]{1,1024}$")
 MIX_RE = re.compile(r"^[0-9]{1,6}:[0-9]{1,6}(,[0-9]{1,6}:[0-9]{1,6}){0,15}$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+GROUP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+PROM_DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})(ms|s|m|h)$")
+RETENTION_RE = re.compile(r"^[1-9][0-9]{0,4}[hdwy]$")
+LISTEN_RE = re.compile(r"^(?:(?P<host>[0-9.]{7,15}|\[[0-9A-Fa-f:.]{2,45}\]))?:(?P<port>[0-9]{1,5})$")
 BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 MAX_LIST = 256
 TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -272,6 +276,27 @@ def host_port(value):
     return "must be a host name or address, optionally with :port, not %s" % _show(value)
 
 
+def prometheus_interval(value):
+    """A Prometheus duration from 1 s to 1 h (the scrape and evaluation interval)."""
+    match = PROM_DURATION_RE.fullmatch(value) if isinstance(value, str) else None
+    if not match or not 1 <= int(match.group(1)) * TIME_UNITS[match.group(2)] <= 3600:
+        return "must be a Prometheus duration from 1s to 1h, such as 15s, 1m or 1500ms, not %s" % _show(value)
+    return None
+
+
+def listen_address(value):
+    """ADDRESS:PORT (or :PORT, every address) for a Go daemon's listen flag."""
+    match = LISTEN_RE.fullmatch(value) if isinstance(value, str) else None
+    if match and match.group("host"):
+        try:
+            ipaddress.ip_address(match.group("host").strip("[]"))
+        except ValueError:
+            match = None
+    if not match or not 1024 <= int(match.group("port")) <= 65535:
+        return "must be ADDRESS:PORT with an IP address (127.0.0.1:9090, [::1]:9090, :9090 for every address), port 1024-65535, not %s" % _show(value)
+    return None
+
+
 def nginx_time(low_s, high_s):
     def check(value):
         text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -450,6 +475,7 @@ SCHEMAS = {
         "gateway_max_fails": integer(0, 1000),
         "gateway_fail_timeout": integer(1, 86400),
         "gateway_next_upstream_tries": integer(0, 1000),
+        "gateway_next_upstream_timeout": nginx_time(1, 3600),
         "gateway_connect_timeout": nginx_time(0.001, 300),
         "gateway_read_timeout": nginx_time(0.001, 86400),
         "gateway_send_timeout": nginx_time(0.001, 86400),
@@ -616,6 +642,33 @@ SCHEMAS = {
         "bakeoff_measured_file": control_path(),
         "bakeoff_restore": boolean,
     },
+    "watchdog": {
+        "watchdog_enabled": boolean,
+        "watchdog_interval": integer(1, 3600),
+        "watchdog_probe_timeout": number(0.5, 300),
+        "watchdog_failures": integer(1, 100),
+        "watchdog_ready_successes": integer(1, 100),
+        "watchdog_start_timeout": integer(10, 86400),
+        "watchdog_textfile_dir": server_path("/var/lib/"),
+        "watchdog_plan_path": server_path("/etc/", "/var/lib/", "/srv/", "/opt/"),
+        "watchdog_instance_key_file": server_path("/etc/"),
+    },
+    "monitoring": {
+        "monitoring_group": pattern(GROUP_RE, "an inventory group name (letters, digits, '_')"),
+        "monitoring_server_group": pattern(GROUP_RE, "an inventory group name (letters, digits, '_')"),
+        "monitoring_gateway_group": pattern(GROUP_RE, "an inventory group name (letters, digits, '_')"),
+        "monitoring_other_groups": list_of(pattern(GROUP_RE, "an inventory group name (letters, digits, '_')"), max_items=32),
+        "monitoring_scrape_interval": prometheus_interval,
+        "monitoring_retention": pattern(RETENTION_RE, "a number and h, d, w or y, such as 15d"),
+        "monitoring_prometheus_listen": listen_address,
+        "monitoring_alertmanager_listen": listen_address,
+        "monitoring_alert_webhooks": list_of(url("http", "https"), max_items=16),
+        "monitoring_allow": list_of(network, max_items=256),
+        "monitoring_dcgm": boolean,
+        "monitoring_dcgm_packages": list_of(pattern(DEB_NAME_RE, "a Debian package name"), max_items=16),
+        "monitoring_plan_path": server_path("/etc/", "/var/lib/", "/srv/", "/opt/"),
+        "monitoring_access_log": server_path("/var/log/nginx/"),
+    },
 }
 
 
@@ -624,10 +677,24 @@ def _int(values, key):
     return _as_int(values.get(key))
 
 
+def _seconds(values, key):
+    """An nginx time of `values` in seconds; None when it is absent or not an nginx time (its own check says so)."""
+    value = values.get(key)
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    match = TIME_RE.fullmatch(text) if isinstance(text, str) else None
+    return int(match.group(1)) * TIME_UNITS[match.group(2)] if match else None
+
+
 def _gateway_cross(values, problems):
     ports = {key: _int(values, key) for key in ("gateway_server_port", "gateway_http_port", "gateway_https_port")}
     if ports["gateway_http_port"] is not None and ports["gateway_http_port"] == ports["gateway_https_port"]:
         problems.append("gateway_http_port and gateway_https_port must differ (both are %d)." % ports["gateway_http_port"])
+    retry, read = _seconds(values, "gateway_next_upstream_timeout"), _seconds(values, "gateway_read_timeout")
+    if retry is not None and read is not None and retry >= read:
+        problems.append(
+            "gateway_next_upstream_timeout (%gs) must be shorter than gateway_read_timeout (%gs): a request whose backend went silent "
+            "would be sent to another one. Lower gateway_next_upstream_timeout or raise gateway_read_timeout." % (retry, read)
+        )
     backends = values.get("_gateway_backends")
     if _is_list(backends):
         problem = list_of(GATEWAY_BACKEND, max_items=4096, unique=False)(backends)

@@ -97,14 +97,21 @@ def test_streaming_safe_proxy_settings(host):
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
         "proxy_buffering off;",
-        "proxy_request_buffering off;",
-        "proxy_read_timeout 3600s;",
-        "proxy_next_upstream error timeout;",
-        "fail_timeout=10s",
+        "proxy_read_timeout 300s;",
+        "proxy_next_upstream_timeout 30s;",
     ):
         assert line in text, line
-    assert "non_idempotent" not in text
     assert "keepalive 32;" in text
+    if host.backend.get_hostname() == GW:
+        # The fleet tier moves a request a GPU server answered 503 to another one: bodies buffered.
+        assert "proxy_next_upstream error timeout http_503 non_idempotent;" in text
+        assert "proxy_request_buffering on;" in text and "fail_timeout=10s" in text
+    else:
+        # The server tier never resends a request an instance received; its server lines are an include.
+        assert "proxy_next_upstream error timeout;" in text and "non_idempotent" not in text
+        assert "proxy_request_buffering off;" in text
+        assert "include /etc/nginx/gpufleet/local-servers.conf;" in text
+        assert "fail_timeout=10s" in host.file("/etc/nginx/gpufleet/local-servers.conf").content_string
 
 
 def test_api_keys_only_in_a_private_file(host):
@@ -121,7 +128,7 @@ def test_gpu_servers_upstream_over_loopback_instances(host, plans):
     name = host.backend.get_hostname()
     if name == GW:
         pytest.skip("GPU servers only")
-    text = host.file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    text = host.file("/etc/nginx/gpufleet/local-servers.conf").content_string
     for inst in plans[name]["instances"]:
         assert "server 127.0.0.1:%d " % inst["port"] in text
     # vLLM itself is on loopback only; nginx's server tier is the way in.
@@ -186,12 +193,7 @@ def test_tls_serves_the_same_api(gw):
     assert status == 200, body
 
 
-def test_streamed_completion_arrives_in_many_chunks(gw):
-    # Read the raw socket and note when each piece arrives: a buffering proxy
-    # would deliver the events in one or a few blocks at the end. 256 tokens take
-    # seconds on the CPU build: longer than the reader can be kept waiting for the
-    # CPU on the busy 2-core test machine (48 tokens once arrived in one read there).
-    probe = r"""
+STREAM_PROBE = r"""
 import json, socket, sys, time
 body = json.dumps({"model": "%s", "prompt": "once upon a time", "max_tokens": 256, "ignore_eos": True, "stream": True})
 req = ("POST /v1/completions HTTP/1.1\r\nHost: t-site-gw1\r\nAuthorization: Bearer %s\r\n"
@@ -199,24 +201,45 @@ req = ("POST /v1/completions HTTP/1.1\r\nHost: t-site-gw1\r\nAuthorization: Bear
 s = socket.create_connection(("127.0.0.1", 80))
 start = time.monotonic()
 s.sendall(req.encode())
+seen = b""
 reads = []
 while True:
     data = s.recv(65536)
     if not data:
         break
-    reads.append([round(time.monotonic() - start, 4), data.count(b"data: "), data[:12].decode("latin-1")])
-print(json.dumps(reads))
-""" % (MODEL, KEY)
-    out = gw.run("python3 -c %s", probe)
+    seen += data
+    # Counted over all that arrived (an event may be split across two reads).
+    reads.append([round(time.monotonic() - start, 4), seen.count(b"data: ")])
+print(json.dumps({"head": seen[:12].decode("latin-1"), "events": seen.count(b"data: "), "reads": reads}))
+"""
+
+
+def stream_once(gw):
+    out = gw.run("python3 -c %s", STREAM_PROBE % (MODEL, KEY))
     assert out.rc == 0, out.stderr
-    reads = json.loads(out.stdout)
-    assert reads[0][2].startswith("HTTP/1.1 200"), reads[0]
-    with_events = [r for r in reads if r[1] > 0]
-    events = sum(r[1] for r in with_events)
-    print("%d events in %d reads over %.3f s" % (events, len(with_events), with_events[-1][0] - with_events[0][0]))
-    assert events >= 256  # 256 tokens (+ [DONE])
-    assert len(with_events) >= 10, reads
-    assert with_events[-1][0] - with_events[0][0] > 0.01, reads
+    got = json.loads(out.stdout)
+    assert got["head"].startswith("HTTP/1.1 200"), got["head"]
+    assert got["events"] >= 257, got  # 256 tokens and [DONE]
+    # The reads after which more events had arrived than before.
+    grew = [t for (t, n), (_t0, n0) in zip(got["reads"][1:], got["reads"]) if n > n0]
+    return grew
+
+
+def test_streamed_completion_arrives_in_many_chunks(gw):
+    # Read the raw socket and note when events arrive: a buffering proxy delivers
+    # 256 events in one or a few blocks at the end, every time. On the busy 2-core
+    # test machine vLLM itself is sometimes starved of CPU and flushes many tokens
+    # at once (all 256 once arrived within 1 ms), so a burst is tried again, up to
+    # three times; buffering fails all three.
+    tries = []
+    for _attempt in range(3):
+        grew = stream_once(gw)
+        tries.append("%d reads brought events, over %.3f s" % (len(grew), grew[-1] - grew[0] if grew else 0.0))
+        if len(grew) >= 10 and grew[-1] - grew[0] > 0.01:
+            break
+    else:
+        pytest.fail("the stream arrived in bursts each time: %s" % "; ".join(tries))
+    print("; ".join(tries))
 
 
 def test_access_log_has_upstream_timings(gw):

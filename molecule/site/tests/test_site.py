@@ -8,6 +8,7 @@ import shlex
 import subprocess
 
 import pytest
+import yaml
 from conftest import run_playbook
 
 testinfra_hosts = ["podman://t-site-gw1"]
@@ -90,6 +91,11 @@ def test_add_servers_puts_a_new_server_behind_the_gateway(host):
     assert recap["t-site-gpu2"] == 0 and recap["t-site-gw1"] >= 1, recap
     assert upstream_servers(host) == ["t-site-gpu1", "t-site-gpu2"]
     assert host.run("nginx -t").rc == 0
+    # Prometheus on t-site-gw1 still scrapes every instance, t-site-gpu1's (outside the run) included:
+    # the monitoring host read its plan from it.
+    scraped = yaml.safe_load(host.file("/etc/prometheus/prometheus.yml").content_string)
+    vllm = [c["labels"] for job in scraped["scrape_configs"] if job["job_name"] == "vllm" for c in job["static_configs"]]
+    assert sorted((c["server"], c["vllm_instance"]) for c in vllm) == [("t-site-gpu1", "0"), ("t-site-gpu1", "1"), ("t-site-gpu2", "main")], vllm
     for _i in range(6):
         status, body = call(host, "/v1/completions", {"model": "tiny", "prompt": "joined", "max_tokens": 2})
         assert status == 200, body

@@ -16,7 +16,8 @@ import pytest
 from conftest import ROOT, run_playbook
 
 GPU, GW = "t-site-gpu1", "t-site-gw1"
-SITE = "/etc/nginx/conf.d/gpufleet.conf"
+# The server tier's upstream lines (included in conf.d/gpufleet.conf's upstream gpufleet_local).
+SERVERS = "/etc/nginx/gpufleet/local-servers.conf"
 # t-site-gpu1 is planned dp: vllm@0 on 8001, vllm@1 on 8002.
 DRAINED, SERVING = ("1", 8002), ("0", 8001)
 
@@ -27,7 +28,7 @@ def sh(container, *args, check=True):
 
 def server_line(port):
     """The server tier's upstream line of the instance on `port`."""
-    text = sh(GPU, "cat", SITE).stdout
+    text = sh(GPU, "cat", SERVERS).stdout
     (line,) = re.findall(r"^\s*server 127\.0\.0\.1:%d\b.*$" % port, text, re.M)
     return line.strip()
 

@@ -9,96 +9,14 @@ request's record. The counts of each case are written to
 The last test kills a whole GPU server: it must stay last.
 """
 
-import json
 import re
 import subprocess
 import time
 
 import pytest
-from conftest import ROOT, run_playbook
+from conftest import Load, container_running, instance_serves, report, run_playbook, served_by, sh, unit, unit_processes, wait_until
 
-GW = "t-site-gw1"
-KEY = "demo-key-0123456789"
-LOADGEN = ROOT / "plugins" / "module_utils" / "loadgen.py"
-REPORT = ROOT / ".cache" / "reports" / "site-faults.json"
 ROLLOUT_ENV = {"plan_extra_env": {"GPUFLEET_ROLLOUT": "1"}}
-
-
-def sh(container, *args, check=True):
-    return subprocess.run(["podman", "exec", container, *args], capture_output=True, text=True, check=check)
-
-
-def unit(container, name, prop):
-    return sh(container, "systemctl", "show", "-P", prop, "vllm@%s.service" % name).stdout.strip()
-
-
-def report(case, **figures):
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    data[case] = figures
-    REPORT.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-class Load:
-    """The load generator running inside the gateway host, at a steady rate, until stopped."""
-
-    def __init__(self, rate=1.0, timeout=120, mix="8:8,24:16", name="load"):
-        self.stop_file, self.record_file = "/tmp/%s.stop" % name, "/tmp/%s.jsonl" % name
-        sh(GW, "rm", "-f", self.stop_file, self.record_file)
-        args = ["--url", "http://127.0.0.1", "--model", "tiny", "--key", KEY, "--mix", mix, "--rate", str(rate),
-                "--concurrency", "8", "--duration", "3600", "--stop-file", self.stop_file, "--records", self.record_file,
-                "--timeout", str(timeout)]  # fmt: skip
-        with LOADGEN.open("rb") as script:
-            self.proc = subprocess.Popen(["podman", "exec", "-i", GW, "python3", "-", *args], stdin=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.summary = None
-        self.records = []
-
-    def stop(self):
-        sh(GW, "touch", self.stop_file)
-        out, err = self.proc.communicate(timeout=300)
-        assert self.proc.returncode == 0, err.decode()[-2000:]
-        self.summary = json.loads(out)
-        self.records = [json.loads(line) for line in sh(GW, "cat", self.record_file).stdout.splitlines()]
-        return self
-
-    def failures(self):
-        return [r for r in self.records if r["outcome"] != "ok"]
-
-
-def wait_until(what, predicate, timeout=600, every=3):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    pytest.fail("timed out after %ds waiting until %s" % (timeout, what))
-
-
-def instance_serves(container, port):
-    """A one-token completion straight from the instance, with the host's instance key."""
-    key = sh(container, "sed", "-n", "s/^VLLM_API_KEY=//p", "/etc/vllm/instance-api-key").stdout.strip()
-    out = sh(container, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60", "-H", "content-type: application/json",
-             "-H", "Authorization: Bearer " + key,
-             "-d", '{"model": "tiny", "prompt": "ping", "max_tokens": 1}', "http://127.0.0.1:%d/v1/completions" % port, check=False)  # fmt: skip
-    return out.stdout == "200"
-
-
-def container_running(name):
-    out = subprocess.run(["podman", "inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True, check=False)
-    return out.stdout.strip() != "false"
-
-
-def served_by(container, port):
-    out = sh(container, "curl", "-s", "--max-time", "10", "http://127.0.0.1:%d/metrics" % port, check=False).stdout
-    return sum(float(x) for x in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.]+)", out, re.M))
-
-
-def unit_processes(container, unit_name):
-    """The PIDs (as text) of every process in a unit's control group."""
-    lines = sh(container, "ps", "-eo", "pid=,unit=").stdout.splitlines()
-    return {line.split()[0] for line in lines if line.split()[1:] == [unit_name]}
-
-
 PIDS = {("t-site-gpu1", "0"), ("t-site-gpu1", "1"), ("t-site-gpu2", "main")}
 
 
@@ -168,7 +86,7 @@ def test_sigkill_of_a_backend_costs_only_its_requests():
     # Until nginx marks vllm@0 down, a request it sends there after the kill can still fail once sent (a
     # POST is not replayed). nginx marks it down after max_fails failed attempts in each worker (no shared
     # zone); after that, no new request may fail.
-    conf = sh("t-site-gpu1", "cat", "/etc/nginx/conf.d/gpufleet.conf").stdout
+    conf = sh("t-site-gpu1", "cat", "/etc/nginx/gpufleet/local-servers.conf").stdout
     max_fails = int(re.search(r"127\.0\.0\.1:8001 .*max_fails=(\d+)", conf).group(1))
     workers = len(sh("t-site-gpu1", "pgrep", "-f", "nginx: worker process").stdout.split())
     failed_after = [r for r in failed if r["start"] > killed_at]

@@ -44,7 +44,7 @@ filter_plugin = importlib.import_module("ansible_collections.gpufleet.serving.pl
 module_utils_internal.is_controller = _WAS_CONTROLLER
 
 ROOT = Path(__file__).resolve().parents[3]
-ROLES = ["gateway", "vllm", "plan", "nvidia", "artifact_cache", "bakeoff"]
+ROLES = ["gateway", "vllm", "plan", "nvidia", "artifact_cache", "bakeoff", "watchdog", "monitoring"]
 SHA = "sha256:" + "0" * 64
 NAN = float("nan")
 
@@ -65,6 +65,8 @@ BAD = [
     ("gateway", "gateway_read_timeout", "3600s; proxy_pass http://203.0.113.9", ""),
     ("gateway", "gateway_connect_timeout", "forever", ""),
     ("gateway", "gateway_send_timeout", "9999999h", ""),
+    ("gateway", "gateway_next_upstream_timeout", "30s; proxy_next_upstream off", ""),
+    ("gateway", "gateway_next_upstream_timeout", 0, ""),
     ("gateway", "gateway_client_max_body_size", "16m\n", ""),
     ("gateway", "gateway_rate_limit_zone_size", "10x", ""),
     ("gateway", "gateway_access_log", "/etc/passwd", ""),
@@ -176,12 +178,42 @@ BAD = [
     ("bakeoff", "bakeoff_topologies", ["dp", "dp"], "preflight"),
     ("bakeoff", "bakeoff_restore", "no", ""),
     ("bakeoff", "bakeoff_request_timeout", 0, "preflight"),
+    # --- watchdog: the daemon's configuration, its unit's paths ---------------------------
+    # --- monitoring: Prometheus's and Alertmanager's files, nginx, units -------------------
+    ("monitoring", "monitoring_scrape_interval", "15s\nscrape_configs: []", ""),
+    ("monitoring", "monitoring_scrape_interval", "0s", ""),
+    ("monitoring", "monitoring_retention", "15d --web.enable-admin-api", ""),
+    ("monitoring", "monitoring_prometheus_listen", "0.0.0.0:9090 --web.enable-lifecycle", ""),
+    ("monitoring", "monitoring_alertmanager_listen", "evil.example:9093", ""),
+    ("monitoring", "monitoring_alert_webhooks", ["file:///etc/shadow"], ""),
+    ("monitoring", "monitoring_allow", ["0.0.0.0/0"], ""),
+    ("monitoring", "monitoring_allow", ["10.0.0.0/8; allow all"], ""),
+    ("monitoring", "monitoring_group", "monitoring; rm -rf /", ""),
+    ("monitoring", "monitoring_dcgm_packages", ["dcgm; curl evil"], ""),
+    ("monitoring", "monitoring_access_log", "/etc/shadow", ""),
+    ("monitoring", "monitoring_plan_path", "/tmp/plan.json", ""),
+    ("watchdog", "watchdog_interval", 0, ""),
+    ("watchdog", "watchdog_interval", "5; rm -rf /", "spec"),
+    ("watchdog", "watchdog_probe_timeout", NAN, ""),
+    ("watchdog", "watchdog_probe_timeout", 1e9, ""),
+    ("watchdog", "watchdog_failures", -1, ""),
+    ("watchdog", "watchdog_ready_successes", 0, ""),
+    ("watchdog", "watchdog_start_timeout", 10**12, ""),
+    ("watchdog", "watchdog_textfile_dir", "/var/lib/../../etc/cron.d", ""),
+    ("watchdog", "watchdog_textfile_dir", "/tmp/metrics", ""),
+    ("watchdog", "watchdog_textfile_dir", "/var/lib/node exporter\nExecStartPre=/bin/sh", ""),
+    ("watchdog", "watchdog_instance_key_file", "/root/.ssh/id_rsa", ""),
+    ("watchdog", "watchdog_plan_path", "/etc/vllm/plan.json\n", ""),
+    ("watchdog", "watchdog_enabled", "false", ""),
 ]
 
 # Rows that involve two variables: (role, variables, variable named)
 CROSS = [
     ("gateway", {"gateway_http_port": 8080, "gateway_https_port": 8080}, "gateway_http_port"),
     ("gateway", {"gateway_server_port": 8001, "_gateway_instances": [{"name": "0", "port": 8001}]}, "gateway_server_port"),
+    # A silent backend would be asked again: the retry window must end before the read timeout.
+    ("gateway", {"gateway_next_upstream_timeout": "5m", "gateway_read_timeout": "300s"}, "gateway_next_upstream_timeout"),
+    ("gateway", {"gateway_next_upstream_timeout": 60, "gateway_read_timeout": "1m"}, "gateway_next_upstream_timeout"),
     (
         "gateway",
         {"_gateway_backends": [{"name": "gpu1", "address": "gpu1\n    server 203.0.113.9:80", "port": 8000, "weight": 1}]},
@@ -277,6 +309,14 @@ def test_good_values_pass():
         "nvidia": {"nvidia_repo_base_url": "http://HTTPS///developer.download.nvidia.com/compute/cuda/repos"},
         "artifact_cache": {"artifact_cache_pip_download_args": ["--platform", "manylinux2014_x86_64"]},
         "bakeoff": {"bakeoff_mix": "64:16,64:512"},
+        "monitoring": {
+            "monitoring_scrape_interval": "5s",
+            "monitoring_prometheus_listen": ":9090",
+            "monitoring_alertmanager_listen": "[::1]:9093",
+            "monitoring_allow": ["10.0.0.0/8", "192.0.2.7"],
+            "monitoring_alert_webhooks": ["https://hooks.example.net/alerts?team=gpu"],
+            "monitoring_other_groups": [],
+        },
     }
     for role, values in good.items():
         assert role_inputs.role_input_problems(role, values) == [], role
@@ -414,6 +454,8 @@ E2E = [
     ("nvidia", "main", "nvidia_preflight", {"nvidia_driver_extra_packages": ["pkg; reboot"]}, "nvidia_driver_extra_packages"),
     ("nvidia", "main", "nvidia_preflight", {"nvidia_driver_branch": "580\n"}, "nvidia_driver_branch"),
     ("bakeoff", "preflight", "", {"bakeoff_mix": "999999999:1"}, "bakeoff_mix"),
+    ("watchdog", "main", "watchdog_preflight", {"watchdog_textfile_dir": "/etc/cron.d"}, "watchdog_textfile_dir"),
+    ("watchdog", "main", "watchdog_preflight", {"watchdog_failures": 0}, "watchdog_failures"),
 ]
 # What each role would write first on a host: none of it may appear.
 FIRST_WRITES = [
@@ -424,6 +466,8 @@ FIRST_WRITES = [
     "/etc/apt/keyrings/gpufleet-nvidia-cuda.asc",
     "/etc/apt/preferences.d/gpufleet-nvidia.pref",
     "/var/lib/gpufleet",
+    "/etc/gpufleet",
+    "/usr/local/lib/gpufleet-watchdog",
 ]
 PLAY = """\
 - name: One role with one bad variable

@@ -13,6 +13,7 @@ keys, drain marks, the refusals).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import holds
 # tests/unit/plugins/filter/test_artifact_cache_allow.py); import_controller_plugin puts the flag back.
 _FILTERS = "ansible_collections.gpufleet.serving.plugins.filter."
 gateway_drained = import_controller_plugin(_FILTERS + "gateway_drained").gateway_drained
+gateway_fenced = import_controller_plugin(_FILTERS + "gateway_fenced").gateway_fenced
+gateway_local_servers = import_controller_plugin(_FILTERS + "gateway_local_servers").gateway_local_servers
 gateway_hosts = import_controller_plugin(_FILTERS + "gateway_hosts").gateway_hosts
 gateway_site_model = import_controller_plugin(_FILTERS + "gateway_site_model").gateway_site_model
 
@@ -111,6 +114,32 @@ def conf(host, **kwargs):
     return render_model(model(host, **kwargs)["model"])
 
 
+LOCAL_SERVERS = "/etc/nginx/gpufleet/local-servers.conf"
+
+
+def local_servers(host, fenced=None, **kwargs):
+    """local-servers.conf as tasks/site_file.yml writes it on `host`, from the fenced set's JSON (or None)."""
+    state = model(host, **kwargs)
+    found = gateway_fenced(fenced, state["model"])
+    assert found["problems"] == []
+    return gateway_local_servers(state["model"], state["drained"], found["fenced"])
+
+
+def expanded(host, fenced=None, **kwargs):
+    """The site file with the server tier's include replaced by the file it names, as nginx reads it."""
+    text = conf(host, **kwargs)
+    if "include %s;" % LOCAL_SERVERS not in text:
+        return text
+    return text.replace("    include %s;\n" % LOCAL_SERVERS, local_servers(host, fenced, **kwargs))
+
+
+def macro_upstream(upstream):
+    """What the upstream macro prints for `upstream` with its server lines in the block (as it did for the server tier)."""
+    engine = Templar(loader=LOADER, variables={"u": dict(upstream, servers_file="")}).copy_with_new_env(searchpath=[str(ROLE / "templates")])
+    source = "{% import 'nginx-macros.j2' as nx %}{{ nx.upstream(u) }}"
+    return engine.template(trust_as_template(source), escape_backslashes=False, overrides={"trim_blocks": True})
+
+
 def role_vars(host, groups=None, instances="dp", **overrides):
     """What the preflight's asserts see on `host`: the role's values, with the filters' results in place of their calls."""
     groups = groups or GROUPS
@@ -189,6 +218,10 @@ def test_managed_header_first_and_braces_balance(host):
 def test_server_tier_over_loopback_instances_open_to_gateways_only():
     text = conf("gpu1", gateway_api_keys=KEYS)
     (upstream,) = blocks(text, "upstream gpufleet_local")
+    # The server lines are the include's, which the role and the watchdog write.
+    assert "include /etc/nginx/gpufleet/local-servers.conf;" in upstream and "server " not in upstream
+    assert upstream.index("least_conn;") < upstream.index("include ") < upstream.index("keepalive 32;")
+    (upstream,) = blocks(expanded("gpu1", gateway_api_keys=KEYS), "upstream gpufleet_local")
     assert re.findall(r"server (\S+) ", upstream) == ["127.0.0.1:8001", "127.0.0.1:8002"]
     assert "least_conn;" in upstream and "keepalive 32;" in upstream
     assert "keepalive_timeout 4s;" in upstream  # under vLLM's own 5 s
@@ -204,7 +237,7 @@ def test_server_tier_over_loopback_instances_open_to_gateways_only():
 
 
 def test_tp_server_has_one_instance():
-    (upstream,) = blocks(conf("gpu1", instances="tp", gateway_api_keys=KEYS), "upstream gpufleet_local")
+    (upstream,) = blocks(expanded("gpu1", instances="tp", gateway_api_keys=KEYS), "upstream gpufleet_local")
     assert re.findall(r"server (\S+) ", upstream) == ["127.0.0.1:8001"]
 
 
@@ -220,26 +253,46 @@ def test_fleet_tier_over_every_gpu_server_by_address():
     assert "upstream gpufleet_local" not in text
 
 
+COMMON_PROXY = (
+    "proxy_http_version 1.1;",
+    'proxy_set_header Connection "";',
+    "proxy_buffering off;",
+    "proxy_read_timeout 300s;",
+    "proxy_send_timeout 60s;",
+    "proxy_connect_timeout 5s;",
+    "proxy_next_upstream_tries 3;",
+    "proxy_next_upstream_timeout 30s;",
+    'proxy_set_header Authorization "";',
+    "client_max_body_size 16m;",
+    "gzip off;",
+    "server_tokens off;",
+)
+
+
 def test_fleet_tier_streaming_and_retry_settings():
     server = server_block(conf("gw1", gateway_api_keys=KEYS), 80)
-    for directive in (
-        "proxy_http_version 1.1;",
-        'proxy_set_header Connection "";',
-        "proxy_buffering off;",
-        "proxy_request_buffering off;",
-        "proxy_read_timeout 3600s;",
-        "proxy_send_timeout 3600s;",
-        "proxy_connect_timeout 5s;",
-        "proxy_next_upstream error timeout;",
-        "proxy_next_upstream_tries 3;",
-        'proxy_set_header Authorization "";',
-        "client_max_body_size 16m;",
-        "gzip off;",
-        "server_tokens off;",
-    ):
+    for directive in COMMON_PROXY:
         assert directive in server, directive
-    assert "non_idempotent" not in server
+    # A server tier's 503 (no instance took the request) moves the request on, POSTs
+    # included; their bodies are read whole first so that they can be sent again.
+    assert "proxy_next_upstream error timeout http_503 non_idempotent;" in server
+    assert "proxy_request_buffering on;" in server and "client_body_buffer_size 1m;" in server
     assert "access_log /var/log/nginx/gpufleet-access.log gpufleet_upstream;" in server
+
+
+def test_server_tier_retries_only_what_no_instance_received():
+    server = server_block(conf("gpu1", gateway_api_keys=KEYS), 8000)
+    for directive in COMMON_PROXY:
+        assert directive in server, directive
+    assert "proxy_next_upstream error timeout;" in server and "non_idempotent" not in server
+    assert "proxy_request_buffering off;" in server and "client_body_buffer_size" not in server
+
+
+def test_timeouts_follow_the_variables():
+    text = conf("gw1", gateway_api_keys=KEYS, gateway_read_timeout="15m", gateway_send_timeout="2m", gateway_next_upstream_timeout="45s")
+    server = server_block(text, 80)
+    assert "proxy_read_timeout 15m;" in server and "proxy_send_timeout 2m;" in server
+    assert "proxy_next_upstream_timeout 45s;" in server
 
 
 def test_log_format_has_upstream_timings():
@@ -414,17 +467,69 @@ def test_host_in_no_tier_is_refused():
     ],
 )
 def test_a_drained_server_is_the_one_line_marked_down(host, tier, name, expected_line):
-    """The drained set the host keeps marks exactly that upstream line down; without it the file is as before."""
-    serving = conf(host)
+    """The drained set the host keeps marks exactly that upstream line down; without it the files are as before."""
+    serving = expanded(host)
     drained_set = {"version": 1, "server": [], "fleet": [], tier: [name]}
     result = model(host, drained=drained_set)
     assert result["problems"] == [] and result["kept"][tier] == [name]
-    drained = render_model(result["model"])
+    drained = expanded(host, drained=drained_set)
     changed = [line.strip() for a, line in zip(serving.splitlines(), drained.splitlines()) if a != line]
     assert len(changed) == 1 and changed[0].startswith(expected_line), changed
     assert len(serving.splitlines()) == len(drained.splitlines())
     # Reset (gateway_undrain_all) gives back the file without marks.
-    assert render_model(gateway_drained(drained_set, model(host)["model"], True)["model"]) == serving
+    reset = gateway_drained(drained_set, model(host)["model"], True)
+    assert render_model(reset["model"]) == conf(host)
+    if tier == "server":
+        assert render_model(result["model"]) == conf(host)  # the marks live in local-servers.conf only
+        assert gateway_local_servers(reset["model"], reset["drained"], []) == local_servers(host)
+
+
+FENCED = json.dumps({"version": 1, "fenced": {"0": {"since": 1764590000.5, "reason": "3 probes failed: timed out after 5 s"}}})
+
+
+def test_fenced_and_drained_instances_are_down_in_the_include_only():
+    """A fenced instance is down like a drained one; the site file does not change with either."""
+    plain = local_servers("gpu1")
+    assert re.findall(r"^    server (\S+) (down )?", plain, re.M) == [("127.0.0.1:8001", ""), ("127.0.0.1:8002", "")]
+    fenced = local_servers("gpu1", FENCED)
+    assert [line for line in fenced.splitlines() if " down " in line] == ["    server 127.0.0.1:8001 down max_fails=2 fail_timeout=10s;  # vllm@0"]
+    both = local_servers("gpu1", FENCED, drained={"version": 1, "server": ["1"], "fleet": []})
+    assert len([line for line in both.splitlines() if " down " in line]) == 2
+    assert conf("gpu1", drained={"version": 1, "server": ["1"], "fleet": []}) == conf("gpu1")
+    # Drained and fenced at once is still one mark.
+    assert local_servers("gpu1", FENCED, drained={"version": 1, "server": ["0"], "fleet": []}) == fenced
+    assert gateway_fenced(FENCED, model("gpu1")["model"])["kept"] == ["vllm@0 (3 probes failed: timed out after 5 s)"]
+    assert gateway_fenced(FENCED, model("gw1")["model"])["kept"] == []
+
+
+@pytest.mark.parametrize("instances", ["dp", "tp"])
+@pytest.mark.parametrize("drained", [[], ["1"], ["0", "1"]])
+@pytest.mark.parametrize("balance", ["least_conn", "hash_header"])
+def test_include_prints_what_the_upstream_macro_printed(instances, drained, balance):
+    """local_servers_conf's server lines are the text the upstream macro prints for the same model."""
+    state = model("gpu1", instances=instances, drained={"version": 1, "server": drained, "fleet": []}, gateway_balance=balance, gateway_max_fails=5)
+    upstream = state["model"]["server"]["upstream"]
+    by_macro = [line for line in macro_upstream(upstream).splitlines() if line.startswith("    server ")]
+    by_python = [line for line in gateway_local_servers(state["model"], state["drained"], []).splitlines() if not line.startswith("#")]
+    assert by_macro and by_python == by_macro
+
+
+def test_all_down_answers_503_at_the_server_tier_only():
+    """nginx's own 502 of the server tier becomes a 503 when no byte reached an instance; the fleet tier keeps its 502."""
+    text = conf("gpu1", groups={"gpu_servers": ["gpu1"], "gateways": ["gpu1"]}, gateway_api_keys=KEYS)
+    assert text.count("map $upstream_bytes_sent $gpufleet_upstream_unsent {") == 1
+    server, fleet = server_block(text, 8000), server_block(text, 80)
+    page = server[server.index("location @gpufleet_502 {") :]
+    page = page[: page.index("\n    }\n")]
+    assert "if ($gpufleet_upstream_unsent) {" in page
+    # "=": the status is the page's own (without it nginx keeps 502 and sends the 503 page's body with it).
+    assert "error_page 502 = @gpufleet_502;" in server and "error_page 502 @gpufleet_502;" in fleet
+    assert page.index("return 503 ") < page.index("return 502 ")
+    assert '"message": "no vLLM instance of this GPU server is in service", "type": "server_error", "code": 503' in page
+    assert "gpufleet_upstream_unsent" not in fleet and 'return 503 \'{"error"' in fleet  # its own 503 page only
+    # vLLM's own answers pass as they are: no tier intercepts them.
+    assert "proxy_intercept_errors on;" not in server.replace(server[server.index("location = /health") : server.index("location @gpufleet_unhealthy")], "")
+    assert "gpufleet_upstream_unsent" not in conf("gw1", gateway_api_keys=KEYS)
 
 
 def test_a_drained_set_the_role_did_not_write_is_not_used():
@@ -456,3 +561,44 @@ def test_server_tier_sends_the_instances_key_from_its_include():
     assert "include /etc/nginx/gpufleet/instance-auth.conf;" in server
     assert 'proxy_set_header Authorization "";' not in server
     assert 'proxy_set_header Authorization "";' in server_block(conf("gpu1"), 8000)
+
+
+def _task_names(rel):
+    return [task["name"] for task in load(rel)]
+
+
+def test_site_file_writes_the_servers_include_first_and_tests_it():
+    """local-servers.conf is written (nginx -t on a staged copy) before the site file whose test includes it."""
+    tasks = load("tasks/site_file.yml")
+    first, second = tasks[0], tasks[1]
+    assert first["name"] == "Write the server tier's upstream servers" and second["ansible.builtin.template"]["src"] == "gpufleet.conf.j2"
+    copy = first["ansible.builtin.copy"]
+    assert "gpufleet.serving.gateway_local_servers" in copy["content"] and "_gateway_fenced['fenced']" in copy["content"]
+    assert copy["dest"] == "{{ _gateway_local_servers_file }}" and copy["validate"].startswith("{{ _gateway_validate }} %s ")
+    assert CONSTANTS["_gateway_local_servers_file"].endswith("/local-servers.conf")
+    assert first["register"] == "__gateway_local_servers_file"
+
+
+RELOADS = [("tasks/configure.yml", "Have nginx reload the new site file"), ("tasks/drain.yml", "Reload nginx with the new marks")]
+
+
+@pytest.mark.parametrize(("rel", "reload_task"), RELOADS)
+def test_normal_runs_and_drains_read_the_fenced_set_and_reload_for_either_file(rel, reload_task):
+    tasks = load(rel)
+    names = _task_names(rel)
+    site = names.index("Write the site file and its model" if rel.endswith("configure.yml") else "Write the site file with the new marks")
+    check = names.index("Check the fenced set")
+    assert check < site and names.index("Work out the fenced instances") < check
+    if rel.endswith("drain.yml"):
+        assert check < names.index("Keep the drained set")  # nothing written before the set is known good
+        read = next(t for t in tasks if t["name"].startswith("Read the model"))
+        assert "{{ _gateway_fenced_file }}" in read["loop"] and read["failed_when"] is False
+    else:
+        read = next(t for t in tasks if t["name"] == "Read the fenced set the watchdog keeps")
+        assert read["ansible.builtin.slurp"]["src"] == "{{ _gateway_fenced_file }}" and read["failed_when"] is False
+    reload = next(t for t in tasks if t["name"] == reload_task)
+    assert "__gateway_local_servers_file is changed" in reload["when"] and "__gateway_site_file is changed" in reload["when"]
+    assert CONSTANTS["_gateway_fenced_file"].endswith("/fenced.json")
+    # The role never writes the fenced set.
+    for task_file in (ROLE / "tasks").glob("*.yml"):
+        assert 'dest: "{{ _gateway_fenced_file }}"' not in task_file.read_text(), task_file

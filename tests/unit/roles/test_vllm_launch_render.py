@@ -55,7 +55,12 @@ def molecule_vars(scenario, host):
     inventory = yaml_file("molecule/%s/molecule.yml" % scenario)["provisioner"]["inventory"]
     if "links" in inventory:  # the site scenario links the demo inventory's group_vars
         variables = dict(yaml_file("inventory/demo/group_vars/gpu_servers.yml"))
-        variables.update(yaml_file("molecule/%s/host_vars/%s.yml" % (scenario, host)))
+        # A host's variables are a file, or a folder of files read in name order (as Ansible reads them).
+        single = ROOT / "molecule" / scenario / "host_vars" / ("%s.yml" % host)
+        files = [single] if single.exists() else sorted((ROOT / "molecule" / scenario / "host_vars" / host).glob("*.yml"))
+        assert files, "no host_vars for %s in molecule/%s" % (host, scenario)
+        for path in files:
+            variables.update(yaml_file(str(path.relative_to(ROOT))))
         return variables
     variables = dict(inventory["group_vars"]["gpu_servers"])
     variables.update(inventory.get("host_vars", {}).get(host) or {})

@@ -14,11 +14,13 @@ gateway_hosts = import_controller_plugin(_FILTERS + "gateway_hosts").gateway_hos
 gateway_drain = import_controller_plugin(_FILTERS + "gateway_drain").gateway_drain
 gateway_drained = import_controller_plugin(_FILTERS + "gateway_drained").gateway_drained
 gateway_site_model = import_controller_plugin(_FILTERS + "gateway_site_model").gateway_site_model
+gateway_fenced = import_controller_plugin(_FILTERS + "gateway_fenced").gateway_fenced
+gateway_local_servers = import_controller_plugin(_FILTERS + "gateway_local_servers").gateway_local_servers
 AnsibleFilterError = import_controller_plugin("ansible.errors").AnsibleFilterError
 
 HOSTVARS = {"gpu1": {"gateway_weight": 2, "ansible_host": "x", "secret": "not read"}, "gw1": {"gateway_address": "10.0.0.2"}}
 MODEL = {
-    "version": 1,
+    "version": 2,
     "server": None,
     "fleet": {"upstream": {"servers": [{"host": "10.0.0.11", "label": "gpu1", "down": False}, {"host": "10.0.0.12", "label": "gpu2", "down": False}]}},
 }
@@ -57,7 +59,7 @@ def test_gateway_drain_from_the_files_a_host_keeps():
     [
         (None, None, "has not run on this host"),
         ("{", None, "the site model is not JSON"),
-        (json.dumps(dict(MODEL, version=0)), None, "site model of version 1"),
+        (json.dumps(dict(MODEL, version=1)), None, "site model of version 2"),
         (json.dumps(MODEL), "garbage", "the drained set is not JSON"),
     ],
 )
@@ -79,3 +81,47 @@ def test_gateway_drained_keeps_marks_until_reset():
 def test_gateway_drained_a_broken_set_stops_a_normal_run_not_a_reset():
     assert gateway_drained("garbage", MODEL)["problems"]
     assert gateway_drained("garbage", MODEL, True)["problems"] == []
+
+
+SERVER_MODEL = {
+    "version": 2,
+    "fleet": None,
+    "server": {
+        "upstream": {
+            "max_fails": 2,
+            "fail_timeout": 10,
+            "servers": [
+                {"host": "127.0.0.1", "port": 8001, "weight": 1, "comment": "vllm@0", "label": "0", "down": False},
+                {"host": "127.0.0.1", "port": 8002, "weight": 1, "comment": "vllm@1", "label": "1", "down": False},
+            ],
+        }
+    },
+}
+
+
+def test_gateway_fenced_names_the_instances_the_model_has():
+    state = json.dumps({"version": 1, "fenced": {"1": {"since": 1764590000.25, "reason": "probe timed out"}, "9": {"since": 1, "reason": ""}}})
+    out = gateway_fenced(state, SERVER_MODEL)
+    assert out == {"fenced": ["1", "9"], "kept": ["vllm@1 (probe timed out)"], "problems": []}
+    assert gateway_fenced(None, SERVER_MODEL) == {"fenced": [], "kept": [], "problems": []}
+    # A gateway without a server tier keeps nothing fenced.
+    assert gateway_fenced(state, MODEL)["kept"] == []
+
+
+def test_gateway_fenced_reports_a_set_it_cannot_use():
+    out = gateway_fenced('{"version": 1, "fenced": {"1": {"since": "yesterday", "reason": "x"}}}', SERVER_MODEL)
+    assert out["fenced"] == [] and "since" in out["problems"][0]
+    with pytest.raises(AnsibleFilterError, match="site model"):
+        gateway_fenced(None, "not a model")
+
+
+def test_gateway_local_servers_marks_and_refuses():
+    text = gateway_local_servers(SERVER_MODEL, {"version": 1, "server": ["0"], "fleet": []}, ["1"])
+    assert [line for line in text.splitlines() if line.startswith("    server")] == [
+        "    server 127.0.0.1:8001 down max_fails=2 fail_timeout=10s;  # vllm@0",
+        "    server 127.0.0.1:8002 down max_fails=2 fail_timeout=10s;  # vllm@1",
+    ]
+    with pytest.raises(AnsibleFilterError, match="gateway_local_servers: the site model has no server tier"):
+        gateway_local_servers(MODEL, {"server": []}, [])
+    with pytest.raises(AnsibleFilterError, match="the fenced set holds"):
+        gateway_local_servers(SERVER_MODEL, {"server": []}, ["1; server 203.0.113.9:80"])

@@ -85,8 +85,11 @@ def main(argv):
     child = subprocess.Popen([sys.executable, "-c", child_code])  # the engine core stand-in, in this process group
     record_dir = os.environ.get("FAKE_VLLM_RECORD_DIR")
     if record_dir:
-        with open(os.path.join(record_dir, "%d.json" % port), "w", encoding="utf-8") as out:
+        # Written whole, then renamed: a test polling the folder never reads half a record.
+        final = os.path.join(record_dir, "%d.json" % port)
+        with open(final + ".part", "w", encoding="utf-8") as out:
             json.dump({"argv": argv, "env": dict(os.environ), "pid": os.getpid(), "child": child.pid, "cwd": os.getcwd()}, out)
+        os.replace(final + ".part", final)
     print("INFO 12-01 03:00:00 [api_server.py:1] vLLM API server version 0.0.fake", flush=True)
     if mode == "exit_on:%d" % port:
         print(

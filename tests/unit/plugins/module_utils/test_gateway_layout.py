@@ -12,6 +12,7 @@ RESOLVED = {"gpu1": ["10.0.0.11", "fd00::11"], "10.0.0.12": ["10.0.0.12"], "gw1"
 PAGES = [
     {"code": 401, "tiers": ["fleet"], "type": "authentication_error", "message": "key"},
     {"code": 404, "tiers": ["server", "fleet"], "type": "not_found_error", "message": "path"},
+    {"code": 502, "tiers": ["server", "fleet"], "type": "server_error", "message": "none", "unsent": {"tiers": ["server"], "code": 503, "message": "all down"}},
 ]
 SETTINGS = {
     "gateway_server_port": 8000,
@@ -43,6 +44,7 @@ SETTINGS = {
     "gateway_read_timeout": "3600s",
     "gateway_send_timeout": "3600s",
     "gateway_next_upstream_tries": 3,
+    "gateway_next_upstream_timeout": "30s",
     "gateway_client_max_body_size": "16m",
 }
 FILES = {"keys": "/k", "tls_certificate": "/c", "tls_key": "/p", "instance_auth": ""}
@@ -144,12 +146,15 @@ def test_fleet_listen(tls, tls_only, ipv6, expected):
 
 def test_fleet_model():
     m = model()
-    assert m["version"] == 1 and m["server"] is None and m["hash_variable"] == "$http_x_session_id"
+    assert m["version"] == gl.MODEL_VERSION and m["server"] is None and m["hash_variable"] == "$http_x_session_id"
     fleet = m["fleet"]
     assert [s["host"] for s in fleet["upstream"]["servers"]] == ["10.0.0.11", "10.0.0.12"]
     assert fleet["health_allow"] == ["127.0.0.1", "::1", "10.0.0.11", "fd00::11", "10.0.0.12", "10.0.0.2", "fd00::2", "192.0.2.7"]
     assert fleet["rate_limit"]["key"] == "$binary_remote_addr" and fleet["tls"] is None
-    assert [p["code"] for p in fleet["error_pages"]] == [401, 404]
+    assert [p["code"] for p in fleet["error_pages"]] == [401, 404, 502]
+    assert fleet["error_pages"][2]["unsent"] is None  # the fleet tier keeps its 502
+    assert fleet["next_upstream"] == "error timeout http_503 non_idempotent" and fleet["request_buffering"] is True
+    assert fleet["upstream"]["servers_file"] == "" and m["proxy"]["next_upstream_timeout"] == "30s"
     assert all(x["check_key"] and x["rate_limit"] and x["upstream"] == "gpufleet_fleet" for x in fleet["locations"])
     json.dumps(m)  # it is kept on the host as JSON
 
@@ -173,7 +178,10 @@ def test_server_model():
     ]
     assert server["keepalive_timeout"] == 75 and server["upstream"]["keepalive_timeout"] == 4
     assert server["allow"] == ["127.0.0.1", "::1", "10.0.0.2", "fd00::2", "10.9.0.0/16"]
-    assert server["auth_file"] == "/a" and [p["code"] for p in server["error_pages"]] == [404]
+    assert server["auth_file"] == "/a" and [p["code"] for p in server["error_pages"]] == [404, 502]
+    assert server["error_pages"][1]["unsent"] == {"code": 503, "type": "server_error", "message": "all down"}
+    assert server["next_upstream"] == "error timeout" and server["request_buffering"] is False
+    assert server["upstream"]["servers_file"] == gl.LOCAL_SERVERS_FILE == "/etc/nginx/gpufleet/local-servers.conf"
     assert not any(x["check_key"] or x["rate_limit"] for x in server["locations"])
 
 
@@ -238,3 +246,122 @@ def test_load_model_takes_only_a_model_of_this_version():
     assert gl.load_model("{}")[1] and gl.load_model("nope")[1]
     broken = dict(base, fleet={"upstream": {"servers": [{"host": "x"}]}})
     assert "without a name" in gl.load_model(broken)[1][0]
+
+
+# --- the fenced set ----------------------------------------------------------------------
+def fenced(**entries):
+    return {"version": 1, "fenced": entries}
+
+
+def test_parse_fenced_accepts_what_the_watchdog_writes():
+    assert gl.parse_fenced(None) == ([], [])
+    text = json.dumps(fenced(**{"1": {"since": 1764590000.5, "reason": "3 probes failed"}, "0": {"since": 0, "reason": ""}}))
+    assert gl.parse_fenced(text) == (["0", "1"], [])
+    assert gl.parse_fenced(json.loads(text)) == (["0", "1"], [])
+    assert gl.parse_fenced(fenced()) == ([], [])
+    assert gl.fenced_details(text) == {"0": "", "1": "3 probes failed"}
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("not json", "is not JSON"),
+        ("[]", "must be a JSON object"),
+        ({"version": 2, "fenced": {}}, "version 2"),
+        ({"fenced": {}}, "version None"),
+        ({"version": 1}, "must map at most"),
+        ({"version": 1, "fenced": ["0"]}, "must map at most"),
+        ({"version": 1, "fenced": {}, "drained": []}, "fields the watchdog does not write: drained"),
+        (fenced(**{"0\n    server 203.0.113.9:80": {"since": 1, "reason": ""}}), "not an instance name"),
+        (fenced(**{"0": {"since": 1}}), "other fields than since and reason"),
+        (fenced(**{"0": {"since": 1, "reason": "", "pid": 7}}), "other fields than since and reason"),
+        (fenced(**{"0": {"since": float("nan"), "reason": ""}}), "not a time in seconds"),
+        (fenced(**{"0": {"since": -1, "reason": ""}}), "not a time in seconds"),
+        (fenced(**{"0": {"since": True, "reason": ""}}), "not a time in seconds"),
+        (fenced(**{"0": {"since": 1, "reason": "a\nb"}}), "printable"),
+        (fenced(**{"0": {"since": 1, "reason": "x" * (gl.MAX_REASON + 1)}}), "printable"),
+        (fenced(**{"0": {"since": 1, "reason": 5}}), "printable"),
+        (fenced(**{str(i): {"since": 1, "reason": ""} for i in range(gl.MAX_DRAINED + 1)}), "at most"),
+        ('{"version": 1, "fenced": {' + " " * gl.MAX_STATE_BYTES + "}}", "larger than"),
+    ],
+)
+def test_parse_fenced_refuses_what_the_watchdog_does_not_write(value, words):
+    names, problems = gl.parse_fenced(value)
+    assert names == [] and any(words in p for p in problems), problems
+    assert gl.fenced_details(value) == {}
+
+
+# --- the server tier's include file ----------------------------------------------------
+def server_model(**settings):
+    return model(host="gpu1", is_server=True, is_fleet=False, settings=settings)
+
+
+def server_lines(text):
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+def test_local_servers_conf_marks_drained_and_fenced_down():
+    m = server_model()
+    assert server_lines(gl.local_servers_conf(m, gl.empty_drained(), [])) == [
+        "    server 127.0.0.1:8001 max_fails=2 fail_timeout=10s;  # vllm@0",
+        "    server 127.0.0.1:8002 max_fails=2 fail_timeout=10s;  # vllm@1",
+    ]
+    drained = {"version": 1, "server": ["0"], "fleet": ["gpu1"]}
+    assert [" down " in x for x in server_lines(gl.local_servers_conf(m, drained, []))] == [True, False]
+    assert [" down " in x for x in server_lines(gl.local_servers_conf(m, gl.empty_drained(), ("1",)))] == [False, True]
+    assert [" down " in x for x in server_lines(gl.local_servers_conf(m, drained, {"1", "7"}))] == [True, True]
+    # The model's own marks do not count: the drained set and the fenced set say what is down.
+    marked = gl.apply_drained(m, {"server": ["0", "1"], "fleet": []})["model"]
+    assert gl.local_servers_conf(marked, gl.empty_drained(), []) == gl.local_servers_conf(m, gl.empty_drained(), [])
+    # What the watchdog reads back from the host gives the same text.
+    kept = gl.load_model(json.dumps(m))[0]
+    assert gl.local_servers_conf(kept, drained, ["1"]) == gl.local_servers_conf(m, drained, ["1"])
+
+
+def test_local_servers_conf_prints_weight_and_the_upstreams_limits():
+    m = server_model(gateway_max_fails=0, gateway_fail_timeout=30)
+    m["server"]["upstream"]["servers"][1]["weight"] = 4
+    assert server_lines(gl.local_servers_conf(m, gl.empty_drained(), ["1"]))[1] == (
+        "    server 127.0.0.1:8002 down weight=4 max_fails=0 fail_timeout=30s;  # vllm@1"
+    )
+
+
+def _broken(path, value):
+    m = json.loads(json.dumps(server_model()))
+    target = m
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return m
+
+
+SERVER = ("server", "upstream", "servers", 0)
+
+
+@pytest.mark.parametrize(
+    ("m", "drained", "fenced_names", "words"),
+    [
+        (model(), gl.empty_drained(), [], "has no server tier"),
+        (None, gl.empty_drained(), [], "has no server tier"),
+        (_broken(("server", "upstream", "servers"), "x"), gl.empty_drained(), [], "has no server tier"),
+        (_broken((*SERVER, "host"), "127.0.0.1:9 ; server 203.0.113.9"), gl.empty_drained(), [], "not an IP address"),
+        (_broken((*SERVER, "host"), "gpu1"), gl.empty_drained(), [], "not an IP address"),
+        (_broken((*SERVER, "port"), "8001"), gl.empty_drained(), [], "the port"),
+        (_broken((*SERVER, "port"), 70000), gl.empty_drained(), [], "the port"),
+        (_broken((*SERVER, "weight"), True), gl.empty_drained(), [], "the weight"),
+        (_broken((*SERVER, "comment"), "vllm@0\n    server 203.0.113.9:80;"), gl.empty_drained(), [], "the comment"),
+        (_broken((*SERVER, "label"), "../0"), gl.empty_drained(), [], "instance name"),
+        (_broken(("server", "upstream", "max_fails"), -1), gl.empty_drained(), [], "max_fails"),
+        (_broken(("server", "upstream", "fail_timeout"), 0), gl.empty_drained(), [], "fail_timeout"),
+        (_broken(("server", "upstream", "servers"), [{"label": "0"}] * (gl.MAX_DRAINED + 1)), gl.empty_drained(), [], "more than"),
+        (server_model(), None, [], "drained set must be a mapping"),
+        (server_model(), {"server": ["0 down"]}, [], "drained set's server tier holds"),
+        (server_model(), gl.empty_drained(), "0", "must be a list of instance names"),
+        (server_model(), gl.empty_drained(), None, "must be a list of instance names"),
+        (server_model(), gl.empty_drained(), ["0", 1], "which is not an instance name"),
+        (server_model(), gl.empty_drained(), [str(i) for i in range(gl.MAX_DRAINED + 1)], "more than"),
+    ],
+)
+def test_local_servers_conf_refuses_what_no_nginx_line_may_hold(m, drained, fenced_names, words):
+    with pytest.raises(gl.GatewayLayoutError, match=words):
+        gl.local_servers_conf(m, drained, fenced_names)
