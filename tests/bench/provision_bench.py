@@ -110,7 +110,7 @@ def inventory(tmp, gpus):
     url = "http://%s:8080" % CACHE
     data = {
         "all": {
-            "vars": {"ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3",
+            "vars": {"ansible_connection": "podman_pipelined", "ansible_python_interpreter": "/usr/bin/python3",
                      "gpufleet_serial": "100%"},
             "children": {
                 "cache": {

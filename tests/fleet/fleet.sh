@@ -99,7 +99,7 @@ build_vllm_image() {
     -v "$WHEELHOUSE:/srv/wheelhouse:ro" "$IMAGE" >/dev/null
   wait_running "$name"
   log "installing vLLM's CPU build with the vllm role"
-  if ! (cd "$ROOT" && .venv/bin/ansible-playbook -i "$name," -c containers.podman.podman \
+  if ! (cd "$ROOT" && .venv/bin/ansible-playbook -i "$name," -c podman_pipelined \
       -e ansible_python_interpreter=/usr/bin/python3 tests/fleet/vllm-image.yml) >"$CACHE/vllm-image.log" 2>&1; then
     tail -30 "$CACHE/vllm-image.log"; podman rm -f "$name" >/dev/null; return 1
   fi

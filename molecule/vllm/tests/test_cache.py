@@ -88,7 +88,7 @@ def _inventory(tmp_path):
     bad = dict(host_vars["t-vllm2"], vllm_model_url="cache.example/models/tiny")
     inventory = {
         "all": {
-            "vars": {"ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3", **group_vars["all"]},
+            "vars": {"ansible_connection": "podman_pipelined", "ansible_python_interpreter": "/usr/bin/python3", **group_vars["all"]},
             "children": {
                 "gpu_servers": {
                     "hosts": {"t-vllm1": host_vars["t-vllm1"], "t-vllm-cache": bad, "t-vllm2": host_vars["t-vllm2"]},
@@ -149,7 +149,7 @@ def _site(tmp_path, tags, extra_vars):
     inventory = config["provisioner"]["inventory"]
     hosts = {
         "all": {
-            "vars": {"ansible_connection": "containers.podman.podman", "ansible_python_interpreter": "/usr/bin/python3", **inventory["group_vars"]["all"]},
+            "vars": {"ansible_connection": "podman_pipelined", "ansible_python_interpreter": "/usr/bin/python3", **inventory["group_vars"]["all"]},
             "children": {"gpu_servers": {"hosts": {"t-vllm1": inventory["host_vars"]["t-vllm1"]}, "vars": inventory["group_vars"]["gpu_servers"]}},
         }
     }
@@ -211,7 +211,7 @@ def test_a_name_out_of_the_model_directory_is_refused(tmp_path):
         env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
         args = "kind=model url=http://t-vllm-cache:8080/models/evil dest=/var/lib/vllm/models/evil sha256=%s" % pin
         run = subprocess.run(
-            [str(ROOT / ".venv/bin/ansible"), "-i", "t-vllm1,", "-c", "containers.podman.podman", "-e", "ansible_python_interpreter=/usr/bin/python3",
+            [str(ROOT / ".venv/bin/ansible"), "-i", "t-vllm1,", "-c", "podman_pipelined", "-e", "ansible_python_interpreter=/usr/bin/python3",
              "t-vllm1", "-m", "gpufleet.serving.artifact_fetch", "-a", args],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
