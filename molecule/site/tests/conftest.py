@@ -57,9 +57,14 @@ def report(case, **figures):
 
 
 class Load:
-    """The load generator running inside the gateway host, at a steady rate, until stopped."""
+    """The load generator running inside the gateway host, at a steady rate, until stopped.
 
-    def __init__(self, rate=1.0, timeout=120, mix="8:8,24:16", name="load"):
+    Half a request a second by default: on vLLM's CPU build each worker process spins for a second
+    after every engine step (vLLM's shared-memory queue), so serving costs far more CPU than the
+    tokens do; at one request a second the spinning workers took about 1.4 of the machine's 2 cores
+    and every vLLM restart under load waited for CPU (top during the rolling update, 2026-12-02)."""
+
+    def __init__(self, rate=0.5, timeout=120, mix="8:8,24:16", name="load"):
         self.stop_file, self.record_file = "/tmp/%s.stop" % name, "/tmp/%s.jsonl" % name
         sh(GW, "rm", "-f", self.stop_file, self.record_file)
         args = ["--url", "http://127.0.0.1", "--model", "tiny", "--key", KEY, "--mix", mix, "--rate", str(rate),

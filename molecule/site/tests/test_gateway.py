@@ -195,7 +195,8 @@ def test_tls_serves_the_same_api(gw):
 
 STREAM_PROBE = r"""
 import json, socket, sys, time
-body = json.dumps({"model": "%s", "prompt": "once upon a time", "max_tokens": 256, "ignore_eos": True, "stream": True})
+body = json.dumps({"model": "%s", "prompt": "once upon a time", "max_tokens": 256, "ignore_eos": True, "stream": True,
+                   "stream_options": {"include_usage": True}})
 req = ("POST /v1/completions HTTP/1.1\r\nHost: t-site-gw1\r\nAuthorization: Bearer %s\r\n"
        "Content-Type: application/json\r\nContent-Length: %%d\r\nConnection: close\r\n\r\n%%s") %% (len(body), body)
 s = socket.create_connection(("127.0.0.1", 80))
@@ -210,35 +211,39 @@ while True:
     seen += data
     # Counted over all that arrived (an event may be split across two reads).
     reads.append([round(time.monotonic() - start, 4), seen.count(b"data: ")])
-print(json.dumps({"head": seen[:12].decode("latin-1"), "events": seen.count(b"data: "), "reads": reads}))
+usage = [json.loads(line[6:]).get("usage") for line in seen.decode("latin-1").splitlines() if line.startswith("data: {")]
+print(json.dumps({"head": seen[:12].decode("latin-1"), "done": b"data: [DONE]" in seen, "usage": [u for u in usage if u], "reads": reads}))
 """
 
 
 def stream_once(gw):
+    """One streamed completion through the fleet gateway: the arrival time and events so far of each read."""
     out = gw.run("python3 -c %s", STREAM_PROBE % (MODEL, KEY))
     assert out.rc == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["head"].startswith("HTTP/1.1 200"), got["head"]
-    assert got["events"] >= 257, got  # 256 tokens and [DONE]
-    # The reads after which more events had arrived than before.
-    grew = [t for (t, n), (_t0, n0) in zip(got["reads"][1:], got["reads"]) if n > n0]
-    return grew
+    # All 256 tokens came, and the end of the stream (vLLM merges tokens into one event when its API
+    # server falls behind, so events are not counted).
+    assert got["done"] and got["usage"] and got["usage"][-1]["completion_tokens"] == 256, got
+    return [(t, n) for t, n in got["reads"] if n > 0]
 
 
 def test_streamed_completion_arrives_in_many_chunks(gw):
-    # Read the raw socket and note when events arrive: a buffering proxy delivers
-    # 256 events in one or a few blocks at the end, every time. On the busy 2-core
-    # test machine vLLM itself is sometimes starved of CPU and flushes many tokens
-    # at once (all 256 once arrived within 1 ms), so a burst is tried again, up to
-    # three times; buffering fails all three.
+    # A buffering proxy holds events until a buffer (4 KB or more, about 20 events here) is full or
+    # the stream ends: the first events would reach the client in a block of 20 or more. Without
+    # buffering they come as vLLM writes them, from the first, while the rest is generated.
+    # On the busy 2-core machine vLLM's API server is sometimes starved of CPU and then writes many
+    # events at once (all 256 once arrived within 1 ms): a burst is tried again, up to three times.
     tries = []
     for _attempt in range(3):
-        grew = stream_once(gw)
-        tries.append("%d reads brought events, over %.3f s" % (len(grew), grew[-1] - grew[0] if grew else 0.0))
-        if len(grew) >= 10 and grew[-1] - grew[0] > 0.01:
+        reads = stream_once(gw)
+        first, last = reads[0], reads[-1]
+        tries.append("first %d events at %.3f s, %d reads brought events until %.3f s" % (first[1], first[0], len(reads), last[0]))
+        if first[1] < 16 and last[0] - first[0] >= 0.1:
             break
+        time.sleep(5)
     else:
-        pytest.fail("the stream arrived in bursts each time: %s" % "; ".join(tries))
+        pytest.fail("the stream arrived in blocks each time: %s" % "; ".join(tries))
     print("; ".join(tries))
 
 

@@ -152,7 +152,7 @@ def test_a_whole_server_down_the_fleet_keeps_serving():
     """t-site-gpu1 is killed like a power loss (no shutdown, no TCP reset). Its in-flight requests fail
     (here when the client's 20 s timeout ends them); every request started after the kill is served by
     t-site-gpu2. Must stay the last test: the server stays down."""
-    load = Load(timeout=20)
+    load = Load(rate=1.0, timeout=20)  # 40 s after the kill: enough requests to count
     time.sleep(10)
     # The kill lasts from the command's start until the container is seen down: a request that overlaps
     # that window was in flight on a dying server; one started after it must be served by t-site-gpu2.
