@@ -211,8 +211,16 @@ while True:
     seen += data
     # Counted over all that arrived (an event may be split across two reads).
     reads.append([round(time.monotonic() - start, 4), seen.count(b"data: ")])
-usage = [json.loads(line[6:]).get("usage") for line in seen.decode("latin-1").splitlines() if line.startswith("data: {")]
-print(json.dumps({"head": seen[:12].decode("latin-1"), "done": b"data: [DONE]" in seen, "usage": [u for u in usage if u], "reads": reads}))
+head, _, rest = seen.partition(b"\r\n\r\n")
+chunked = b"chunked" in head.lower()
+body = b"" if chunked else rest
+while chunked and rest:  # undo the chunked transfer encoding
+    size, _, rest = rest.partition(b"\r\n")
+    size = int(size.split(b";")[0], 16)
+    body, rest = body + rest[:size], rest[size + 2:]
+events = [line[6:] for line in body.decode("utf-8").splitlines() if line.startswith("data: ")]
+usage = [json.loads(e)["usage"] for e in events if e.startswith("{") and json.loads(e).get("usage")]
+print(json.dumps({"head": head[:12].decode("latin-1"), "done": events[-1:] == ["[DONE]"], "usage": usage, "reads": reads}))
 """
 
 
