@@ -57,6 +57,35 @@ def stop_when_busy(container, pid, port, signal="STOP"):
     return float(at), int(running)
 
 
+def requests_on(container, port):
+    """Running plus waiting requests, as the instance's /metrics reports them (the engine's last word)."""
+    script = (
+        "curl -s --max-time 5 http://127.0.0.1:%d/metrics"
+        " | awk '/^vllm:num_requests_(running|waiting)[{ ]/ {s += $2} END {print int(s)}'" % port
+    )
+    return int(sh(container, "sh", "-c", script).stdout.strip() or 0)
+
+
+def hang_with_work(container, pid, port, tries=5):
+    """SIGSTOP the engine core while it holds requests, and make sure it still does once stopped.
+
+    The running gauge comes from the engine core's own outputs, which the API server may not have read
+    yet when it answered: the request seen running may already be finished in an output still queued.
+    A few seconds after the stop the API server has read everything the engine sent; if the gauges then
+    say nothing is running or waiting, the engine hung idle (a case only the watchdog's probe sees,
+    roles/monitoring/README.md), so it is continued and stopped again at the next busy moment.
+    """
+    for attempt in range(1, tries + 1):
+        hung_at, running = stop_when_busy(container, pid, port)
+        time.sleep(3)
+        held = requests_on(container, port)
+        if running >= 1 and held >= 1:
+            return hung_at, held, attempt
+        sh(container, "kill", "-CONT", pid, check=False)
+        time.sleep(5)
+    pytest.fail("the engine core of port %d held no request once stopped, %d times" % (port, tries))
+
+
 def fenced(container):
     text = sh(container, "cat", FENCED, check=False).stdout
     return set(json.loads(text).get("fenced", {})) if text.strip() else set()
@@ -182,13 +211,14 @@ def test_prometheus_says_an_engine_stalled():
     firing = []
     try:
         time.sleep(10)
-        hung_at, _running = stop_when_busy(gpu, core, port)
+        hung_at, held, attempts = hang_with_work(gpu, core, port)
         wait_until("the engine-stalled alert fires for t-site-gpu1 vllm@1", lambda: firing.extend(stall_alert(gpu, name)) or firing, timeout=300, every=2)
         fired_at = time.time()
     finally:
         sh(gpu, "kill", "-CONT", core, check=False)
         load.stop()
-    report("stall_alert", alert_fired_after_s=round(fired_at - hung_at, 1), requests=len(load.records), failed=len(load.failures()))
+    report("stall_alert", alert_fired_after_s=round(fired_at - hung_at, 1), requests=len(load.records), failed=len(load.failures()),
+           requests_held_by_hung_engine=held, stops_until_one_held_work=attempts)  # fmt: skip
     assert fired_at - hung_at <= 120, fired_at - hung_at
     # The alert names the server and the instance for the person it wakes.
     assert gpu in json.dumps(firing[0]["annotations"]) and "1" in firing[0]["labels"]["vllm_instance"], firing[0]
