@@ -59,10 +59,7 @@ def stop_when_busy(container, pid, port, signal="STOP"):
 
 def requests_on(container, port):
     """Running plus waiting requests, as the instance's /metrics reports them (the engine's last word)."""
-    script = (
-        "curl -s --max-time 5 http://127.0.0.1:%d/metrics"
-        " | awk '/^vllm:num_requests_(running|waiting)[{ ]/ {s += $2} END {print int(s)}'" % port
-    )
+    script = "curl -s --max-time 5 http://127.0.0.1:%d/metrics | awk '/^vllm:num_requests_(running|waiting)[{ ]/ {s += $2} END {print int(s)}'" % port
     return int(sh(container, "sh", "-c", script).stdout.strip() or 0)
 
 
