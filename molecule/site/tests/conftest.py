@@ -26,7 +26,8 @@ def run_playbook(name, *options, extra_vars=None, env=None, timeout=1800):
         ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
         **(env or {}),
     )
-    args = ["ansible-playbook", "-i", inventory, *options, str(ROOT / name)]
+    # As molecule's own runs (molecule.yml, provisioner options): every server of the fleet in one batch.
+    args = ["ansible-playbook", "-i", inventory, "-e", "gpufleet_serial=100%", *options, str(ROOT / name)]
     if extra_vars:
         args += ["-e", json.dumps(extra_vars)]
     out = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=timeout, cwd=str(ROOT / "molecule" / "site"))
