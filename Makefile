@@ -206,7 +206,7 @@ DEMO_KEY := demo-key-0123456789
 demo: deps vllm-image tiny-model
 	tests/fleet/fleet.sh up --vllm $(DEMO_GPU_HOSTS)
 	tests/fleet/fleet.sh up $(DEMO_GW_HOSTS)
-	$(BIN)/ansible-playbook site.yml
+	$(BIN)/ansible-playbook site.yml -e gpufleet_serial=100%
 	@echo; echo "=== a chat completion through the fleet gateway (gw1)"
 	podman exec gw1 curl -sS --max-time 120 http://127.0.0.1/v1/chat/completions \
 	  -H 'Authorization: Bearer $(DEMO_KEY)' -H 'content-type: application/json' \
