@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PLAY = ROOT / "playbooks" / "check_rollout_vars.yml"
 
 
-def run(tmp_path, group_vars=None, host_vars=None, *extra):
+def run(tmp_path, group_vars=None, host_vars=None, *extra, hosts="        gpu1:\n        gpu2:\n"):
     inventory = tmp_path / "inventory"
     (inventory / "group_vars").mkdir(parents=True, exist_ok=True)
     (inventory / "host_vars").mkdir(exist_ok=True)
-    (inventory / "hosts.yml").write_text("all:\n  children:\n    gpu_servers:\n      hosts:\n        gpu1:\n        gpu2:\n")
+    (inventory / "hosts.yml").write_text("all:\n  children:\n    gpu_servers:\n      hosts:\n" + hosts)
     if group_vars:
         (inventory / "group_vars" / "all.yml").write_text(group_vars)
     if host_vars:
@@ -40,14 +40,14 @@ def test_nothing_set_passes(tmp_path):
 def test_a_batch_setting_in_group_vars_is_refused_with_the_command_that_works(tmp_path, name, value):
     rc, out = run(tmp_path, "%s: %s\n" % (name, value))
     assert rc != 0, out
-    assert "%s is set in the inventory of gpu1 (%s)" % (name, value) in out, out
+    assert "%s is set in the inventory of gpu1, gpu2 (%s)" % (name, value) in out, out
     assert "-e %s=%s" % (name, value) in out, out
 
 
 def test_a_batch_setting_in_one_hosts_vars_names_that_host(tmp_path):
     rc, out = run(tmp_path, None, 'gpufleet_serial: "25%"\n')
     assert rc != 0, out
-    assert "gpufleet_serial is set in the inventory of gpu2 (25%)" in out and "gpu1 (" not in out, out
+    assert "gpufleet_serial is set in the inventory of gpu2 (25%)" in out and "inventory of gpu1" not in out, out
 
 
 def test_the_command_line_passes_and_wins_over_the_inventory(tmp_path):
@@ -56,3 +56,10 @@ def test_the_command_line_passes_and_wins_over_the_inventory(tmp_path):
     # Given on both, the command line's value is the one the plays use (extra vars win): nothing to refuse.
     rc, out = run(tmp_path, "gpufleet_serial: 5\n", None, "-e", "gpufleet_serial=20")
     assert rc == 0, out
+
+
+def test_a_long_list_of_hosts_is_cut(tmp_path):
+    inventory = "".join("        gpu%d:\n" % i for i in range(1, 9))
+    rc, out = run(tmp_path, "gpufleet_serial: 20\n", None, hosts=inventory)
+    assert rc != 0, out
+    assert "the inventory of gpu1, gpu2, gpu3, gpu4, gpu5 and 3 more (20)" in out, out

@@ -13,7 +13,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import ROOT, run_playbook
+from conftest import drain_playbook, run_playbook, set_drain
 
 GPU, GW = "t-site-gpu1", "t-site-gw1"
 # The server tier's upstream lines (included in conf.d/gpufleet.conf's upstream gpufleet_local).
@@ -47,32 +47,13 @@ def send_to_the_server_tier(count):
 
 
 @pytest.fixture(scope="module")
-def drain_playbook(tmp_path_factory):
-    """A playbook that does what the rolling playbook does: include its one drain task file on a GPU server."""
-    path = tmp_path_factory.mktemp("drain") / "drain.yml"
-    path.write_text(
-        "- name: Drain as the rolling playbook does\n"
-        "  hosts: %s\n"
-        "  gather_facts: false\n"
-        "  tasks:\n"
-        "    - name: The rolling playbooks' drain entry point\n"
-        "      ansible.builtin.include_tasks: %s\n"
-        "      vars:\n"
-        "        gpufleet_drain_tier: server\n"
-        "        gpufleet_drain_names: [%s]\n" % (GPU, ROOT / "playbooks" / "tasks" / "drain.yml", json.dumps(DRAINED[0]))
-    )
-    return str(path)
+def playbook(tmp_path_factory):
+    return drain_playbook(tmp_path_factory.mktemp("drain"), GPU, [DRAINED[0]])
 
 
-def drain(playbook, state):
-    out, _recap = run_playbook(playbook, extra_vars={"gpufleet_drain_state": state}, timeout=600)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    return out
-
-
-def test_a_drained_instance_stays_drained_through_site_yml_until_undrained(drain_playbook):
+def test_a_drained_instance_stays_drained_through_site_yml_until_undrained(playbook):
     try:
-        drain(drain_playbook, "drained")
+        set_drain(playbook, "drained")
         assert server_line(DRAINED[1]).startswith("server 127.0.0.1:%d down " % DRAINED[1])
         assert json.loads(sh(GPU, "cat", "/etc/nginx/gpufleet/drained.json").stdout)["server"] == [DRAINED[0]]
 
@@ -90,7 +71,7 @@ def test_a_drained_instance_stays_drained_through_site_yml_until_undrained(drain
         assert served(DRAINED[1]) == before[DRAINED[1]]
         assert served(SERVING[1]) >= before[SERVING[1]] + 6
     finally:
-        drain(drain_playbook, "serving")
+        set_drain(playbook, "serving")
 
     # Back in service: no mark, an empty set, and requests reach it again.
     assert " down " not in server_line(DRAINED[1])

@@ -16,6 +16,12 @@ its metrics, and turns it off again at the end.
 2. Prometheus on t-site-gw1, for vllm@1 of t-site-gpu1, which runs no watchdog (its host_vars: so nothing
    repairs the hang): the time until the engine-stalled alert fires. SIGCONT then ends the hang.
 
+The two cases run at once (the `hung_without_watchdog` fixture starts the second before the first):
+each waits about 90 s for something slow (the alert's window, the restart), and one after the other
+they cost `make test` two minutes more. So that the first case's traffic never meets the second's hung
+engine, vllm@1 is drained from t-site-gpu1's server tier first (the rolling playbooks' drain entry
+point), and its own requests come from a load generator on t-site-gpu1 straight to the instance.
+
 The figures go to .cache/reports/site-faults.json with the other fault cases.
 """
 
@@ -23,10 +29,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 
 import pytest
-from conftest import Load, instance_serves, report, run_playbook, sh, unit, unit_processes, wait_until
+from conftest import Load, drain_playbook, instance_key, instance_serves, report, run_playbook, set_drain, sh, unit, unit_processes, wait_until
 from test_monitoring import DASHBOARDS, RULES, WATCHDOG_NAMES, api, metric_names
 
 GW = "t-site-gw1"
@@ -139,14 +146,14 @@ def test_prometheus_scrapes_the_watchdog_metrics(watchdog):
     assert sh(watchdog, "systemctl", "is-enabled", WATCHDOG, check=False).stdout.strip() == "enabled"
 
 
-def test_the_watchdog_fences_a_hung_engine_and_brings_it_back(watchdog):
+def test_the_watchdog_fences_a_hung_engine_and_brings_it_back(watchdog, hung_without_watchdog):
+    """The watchdog's case; the alert's case (hung_without_watchdog) runs beside it, on the other server."""
     gpu, name, port = watchdog, "main", 8001
     assert sh(gpu, "systemctl", "is-active", WATCHDOG, check=False).stdout.strip() == "active"
     assert fenced(gpu) == set() and not marked_down(gpu, port)
     pid, restarts = unit(gpu, name, "MainPID"), int(unit(gpu, name, "NRestarts"))
     core = engine_core(gpu, name)
     load = Load(name="stall")
-    time.sleep(10)
     hung_at, running = stop_when_busy(gpu, core, port)
     wait_until("the watchdog fences vllm@main", lambda: name in fenced(gpu) and marked_down(gpu, port), timeout=120, every=1)
     seen_fenced_at = time.time()
@@ -199,24 +206,63 @@ def stall_alert(server, name):
     ]  # fmt: skip
 
 
-def test_prometheus_says_an_engine_stalled():
+class AlertWatch(threading.Thread):
+    """Asks Prometheus every 2 s whether the engine-stalled alert fires for one instance; keeps when it first did."""
+
+    def __init__(self, server, name, timeout=300):
+        super().__init__(daemon=True)
+        self.server, self.name, self.deadline = server, name, time.time() + timeout
+        self.fired_at, self.alert, self.halt = None, None, threading.Event()
+
+    def run(self):
+        while not self.halt.is_set() and time.time() < self.deadline:
+            try:
+                firing = stall_alert(self.server, self.name)
+            except ValueError:  # a half-written answer while Prometheus reloads: ask again
+                firing = []
+            if firing:
+                self.fired_at, self.alert = time.time(), firing[0]
+                return
+            self.halt.wait(2)
+
+
+@pytest.fixture(scope="module")
+def hung_without_watchdog(tmp_path_factory):
+    """vllm@1 of t-site-gpu1 hung while it holds requests, drained from the server tier, watched for the alert.
+
+    t-site-gpu1 runs no watchdog (its host_vars): nothing repairs the hang until the teardown's SIGCONT."""
     gpu, name, port = "t-site-gpu1", "1", 8002
-    core = engine_core(gpu, name)
     # The inventory leaves this server without a watchdog: the role's "off" path stopped nothing and left no unit running.
     assert sh(gpu, "systemctl", "is-active", WATCHDOG, check=False).stdout.strip() != "active"
-    load = Load(name="stall-alert")
-    firing = []
+    playbook = drain_playbook(tmp_path_factory.mktemp("stall"), gpu, [name])
+    set_drain(playbook, "drained")
+    core = engine_core(gpu, name)
+    load = Load(name="stall-alert", container=gpu, url="http://127.0.0.1:%d" % port, key=instance_key(gpu))
+    watch = None
     try:
-        time.sleep(10)
         hung_at, held, attempts = hang_with_work(gpu, core, port)
-        wait_until("the engine-stalled alert fires for t-site-gpu1 vllm@1", lambda: firing.extend(stall_alert(gpu, name)) or firing, timeout=300, every=2)
-        fired_at = time.time()
+        watch = AlertWatch(gpu, name)
+        watch.start()
+        yield {"server": gpu, "name": name, "hung_at": hung_at, "held": held, "attempts": attempts, "watch": watch}
     finally:
+        if watch is not None:
+            watch.halt.set()
+            watch.join(timeout=30)
         sh(gpu, "kill", "-CONT", core, check=False)
         load.stop()
-    report("stall_alert", alert_fired_after_s=round(fired_at - hung_at, 1), requests=len(load.records), failed=len(load.failures()),
-           requests_held_by_hung_engine=held, stops_until_one_held_work=attempts)  # fmt: skip
-    assert fired_at - hung_at <= 120, fired_at - hung_at
-    # The alert names the server and the instance for the person it wakes.
-    assert gpu in json.dumps(firing[0]["annotations"]) and "1" in firing[0]["labels"]["vllm_instance"], firing[0]
+        set_drain(playbook, "serving")
     wait_until("vllm@1 answers after SIGCONT", lambda: instance_serves(gpu, port), timeout=300)
+
+
+def test_prometheus_says_an_engine_stalled(hung_without_watchdog):
+    case = hung_without_watchdog
+    watch = case["watch"]
+    # Started before the fence case, which took about as long as the alert needs: mostly no wait left.
+    watch.join(timeout=max(0.0, watch.deadline - time.time()) + 5)
+    assert watch.alert, "the engine-stalled alert did not fire for %s vllm@%s within 300 s of the hang" % (case["server"], case["name"])
+    fired_after = watch.fired_at - case["hung_at"]
+    report("stall_alert", alert_fired_after_s=round(fired_after, 1), requests_held_by_hung_engine=case["held"],
+           stops_until_one_held_work=case["attempts"], beside_the_fence_case=True)  # fmt: skip
+    assert fired_after <= 120, fired_after
+    # The alert names the server and the instance for the person it wakes.
+    assert case["server"] in json.dumps(watch.alert["annotations"]) and watch.alert["labels"]["vllm_instance"] == case["name"], watch.alert
