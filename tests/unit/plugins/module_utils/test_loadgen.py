@@ -131,10 +131,13 @@ def test_stop_file_and_rate_bound_the_load(server, tmp_path):
         if len(seen) == 3:
             stop.write_text("")
 
+    before = time.time()
     records = loadgen.run(settings(server, count=0, stop_file=str(stop), rate=50, concurrency=1), on_record)
     assert 3 <= len(records) <= 4
-    starts = [r["start"] for r in records]
-    assert starts[-1] - starts[0] >= (len(records) - 1) / 50 * 0.9
+    # Request i is not sent before its time, i / rate after the load began (a late one may follow
+    # the one before at once: the schedule catches up, as a fixed-rate client should; the gaps
+    # between starts are no bound on a loaded machine, 2026-12-02).
+    assert all(r["start"] >= before + r["i"] / 50 for r in records), [(r["i"], r["start"] - before) for r in records]
 
 
 def test_in_flight_and_percentiles():
@@ -243,8 +246,22 @@ def test_several_urls_share_the_load_in_turn_when_idle(two_servers):
 def test_several_urls_go_to_the_least_busy(two_servers):
     records = loadgen.run(settings("http://127.0.0.1:1", urls=two_servers, count=8, concurrency=2))
     assert all(r["outcome"] == "ok" for r in records)
+    # How many each gets depends on how long each answer takes (a starved server thread keeps its
+    # endpoint busy, and the other one takes the next requests: least busy at work); the first two
+    # always go to both, in flight or in turn. The rule itself: test_the_pick_is_least_busy_then_in_turn.
     per_url = [sum(1 for r in records if r["url"] == url) for url in two_servers]
-    assert sum(per_url) == 8 and min(per_url) >= 3, per_url
+    assert sum(per_url) == 8 and min(per_url) >= 1, per_url
+    assert {records[0]["url"], records[1]["url"]} == set(two_servers), records[:2]
+
+
+def test_the_pick_is_least_busy_then_in_turn():
+    clients = loadgen._Clients(loadgen.check_settings(settings("http://127.0.0.1:1", urls=["http://a:1", "http://b:2", "http://c:3"])), None, None, None)
+    assert [clients._pick() for _n in range(3)] == [0, 1, 2]  # all idle: in turn
+    clients.busy = [2, 0, 1]
+    assert clients._pick() == 1 and clients.busy == [2, 1, 1]  # the least busy
+    assert clients._pick() == 2  # tie between 1 and 2: the turn has moved past 1
+    clients.busy = [0, 0, 0]
+    assert [clients._pick() for _n in range(4)] == [0, 1, 2, 0]
 
 
 def test_one_url_leaves_records_as_they_were(server):
