@@ -249,8 +249,11 @@ def hung_without_watchdog(tmp_path_factory):
             watch.halt.set()
             watch.join(timeout=30)
         sh(gpu, "kill", "-CONT", core, check=False)
-        load.stop()
-        set_drain(playbook, "serving")
+        try:
+            load.stop()
+        finally:
+            # Back in the server tier whatever happened: the tests after this file expect it serving.
+            set_drain(playbook, "serving")
     wait_until("vllm@1 answers after SIGCONT", lambda: instance_serves(gpu, port), timeout=300)
 
 
