@@ -96,12 +96,15 @@ def backends(given, server_hosts, host_vars, default_port):
     """
     if given:
         return [
-            {
-                "name": b.get("name", b.get("address")),
-                "address": b.get("address"),
-                "port": _int_or_raw(b.get("port", default_port)),
-                "weight": _int_or_raw(b.get("weight", 1)),
-            }
+            dict(
+                {
+                    "name": b.get("name", b.get("address")),
+                    "address": b.get("address"),
+                    "port": _int_or_raw(b.get("port", default_port)),
+                    "weight": _int_or_raw(b.get("weight", 1)),
+                },
+                **({"model": b["model"]} if b.get("model") else {}),
+            )
             for b in given
         ]
     out = []

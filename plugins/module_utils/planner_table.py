@@ -13,6 +13,13 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common im
 TABLE_COLUMNS = ("HOST", "CARDS", "MODEL", "TOPOLOGY", "WEIGHTS/CARD", "KV TOKENS/INSTANCE", "MAX CONCURRENCY")
 
 
+def model_words(vllm_plan):
+    """The name clients send, and the model directory's name when it differs ("tiny-b (tiny-model-b)")."""
+    directory = str(vllm_plan.get("model", ""))
+    served = str((vllm_plan.get("launch") or {}).get("served_model_name") or directory)
+    return served if served == directory else "%s (%s)" % (served, directory)
+
+
 def topology_words(vllm_plan):
     topology = vllm_plan.get("topology")
     tp = vllm_plan.get("tensor_parallel_size", 1)
@@ -68,7 +75,7 @@ def format_plan_table(rows, width=120):
                 (
                     host,
                     str(vllm_plan.get("cards", "")),
-                    str(vllm_plan.get("model", "")),
+                    model_words(vllm_plan),
                     topology_words(vllm_plan),
                     gib(memory.get("weights_bytes_per_gpu") or 0),
                     str(memory.get("kv_tokens_per_instance", "")),

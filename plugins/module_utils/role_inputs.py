@@ -442,7 +442,17 @@ def pem(marker_re):
 
 # --- the schemas ----------------------------------------------------------------
 GATEWAY_INSTANCE = record({"name": name, "port": port(1)}, required=("name", "port"))
-GATEWAY_BACKEND = record({"name": name, "address": host(), "port": port(1), "weight": integer(1, 1000)}, required=("address",))
+GATEWAY_BACKEND = record(
+    {
+        "name": name,
+        "address": host(),
+        "port": port(1),
+        "weight": integer(1, 1000),
+        # With gpufleet_models: the model this backend serves (its pool at the fleet tier).
+        "model": pattern(MODEL_NAME_RE, "a model name of gpufleet_models"),
+    },
+    required=("address",),
+)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 

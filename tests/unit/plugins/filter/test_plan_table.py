@@ -72,3 +72,13 @@ def test_rows_pass_through():
 def test_bad_input(data, hostvars):
     with pytest.raises(AnsibleFilterError):
         plan_table(data, hostvars)
+
+
+def test_the_model_column_names_the_served_name_and_the_directory_when_they_differ():
+    hostvars = {
+        "gpu1": {"gpufleet_plan": published(gpu_profile="h200", gpu_count=2, model=str(MODELS / "Llama-3.1-8B"), launch={"served_model_name": "small"})},
+        "gpu2": {"gpufleet_plan": published(gpu_profile="h200", gpu_count=2, model=str(MODELS / "Llama-3.1-8B"))},
+    }
+    lines = plan_table(["gpu1", "gpu2"], hostvars).splitlines()
+    assert any(line.startswith("gpu1 ") and "small (Llama-3.1-8B)" in line for line in lines)
+    assert any(line.startswith("gpu2 ") and " Llama-3.1-8B " in line and "(Llama" not in line for line in lines)
