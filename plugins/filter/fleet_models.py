@@ -19,7 +19,10 @@ description:
   - With O(server_hosts), the problems for the fleet as a whole (every GPU server in exactly one model's group,
     every model with a server): the gateway role's check on a fleet gateway.
   - With O(want=name), the served name of O(host)'s model (empty when there is none).
-  - Returns a list of sentences, empty when all is well, or the name.
+  - With O(want=pools), the fleet tier's pools of O(backends) - C([{model, backends}]) in the list's order, one pool of
+    every backend (model empty) without models; with O(want=pool_problems), why O(backends) cannot be pooled (a
+    backend of C(gateway_backends) without a C(model) of the list, or a GPU server in no model's group).
+  - Returns a list of sentences, empty when all is well, the name, or the pools.
 positional: _input, groups
 options:
   _input:
@@ -47,11 +50,15 @@ options:
     description: The server group's name, for the messages.
     type: str
     default: gpu_servers
+  backends:
+    description: The fleet tier's backends (the gateway role's), for O(want=pools) and O(want=pool_problems).
+    type: list
+    elements: dict
   want:
-    description: C(problems) or C(name).
+    description: What to return.
     type: str
     default: problems
-    choices: [problems, name]
+    choices: [problems, name, pools, pool_problems]
 """
 
 EXAMPLES = r"""
@@ -70,11 +77,21 @@ _value:
 """
 
 
-def fleet_models_filter(models, groups, host="", served_name="", server_hosts=None, server_group="gpu_servers", want="problems"):
-    if want not in ("problems", "name"):
-        raise AnsibleFilterError("fleet_models: want must be problems or name, not %r" % (want,))
+def fleet_models_filter(models, groups, host="", served_name="", server_hosts=None, server_group="gpu_servers", backends=None, want="problems"):
+    if want not in ("problems", "name", "pools", "pool_problems"):
+        raise AnsibleFilterError("fleet_models: want must be problems, name, pools or pool_problems, not %r" % (want,))
     if want == "name":
         return fleet_models.model_name(host, models or [], groups or {})
+    if want in ("pools", "pool_problems"):
+        if not isinstance(backends, list):
+            raise AnsibleFilterError("fleet_models: want=%s needs backends, a list of the fleet tier's backends" % want)
+        try:
+            found = fleet_models.pools(backends, models or [], groups or {})
+        except ValueError as exc:
+            if want == "pool_problems":
+                return [str(exc)]
+            raise AnsibleFilterError("fleet_models: %s (the gateway role's preflight says what to change)" % exc) from None
+        return found if want == "pools" else []
     if server_hosts is not None:
         return fleet_models.fleet_problems(models, groups or {}, list(server_hosts), server_group)
     if not host:

@@ -32,8 +32,9 @@ import re
 from collections.abc import Mapping
 
 # The site model's shape (site.json); version 2 keeps the server tier's
-# servers in an include file and the retry settings per tier.
-MODEL_VERSION = 2
+# servers in an include file and the retry settings per tier; version 3 gives
+# the fleet tier one upstream per model (`upstreams`) and the router.
+MODEL_VERSION = 3
 # The drained set's and the fenced set's shape.
 STATE_VERSION = 1
 TIERS = ("server", "fleet")
@@ -61,6 +62,13 @@ MAX_REASON = 500
 SERVER_NEXT_UPSTREAM = "error timeout"
 FLEET_NEXT_UPSTREAM = "error timeout http_503 non_idempotent"
 FLEET_BODY_BUFFER = "1m"
+# The fleet tier's upstream: one, or one per model of gpufleet_models (gpufleet_fleet_1, _2, ...).
+FLEET_UPSTREAM = "gpufleet_fleet"
+# The njs module of a fleet tier with several models (roles/gateway/files/gpufleet-router.js): its
+# handlers route a request by the model it names, list the models and answer /health.
+ROUTER_IMPORT = "gpufleet"
+# What /v1/models and /health subrequests of the router may bring back from one pool.
+ROUTER_REPLY_BUFFER = "64k"
 
 
 class GatewayLayoutError(ValueError):
@@ -238,14 +246,53 @@ def _server_tier(settings, context):
     }
 
 
+def _fleet_upstreams(settings, context):
+    """One upstream per pool (context["pools"]: [{model, backends}], fleet_models.pools); without pools, one
+    upstream of every backend. A single upstream keeps the name gpufleet_fleet."""
+    pools = context.get("pools") or [{"model": "", "backends": context["backends"]}]
+    out = []
+    for index, pool in enumerate(pools, 1):
+        name = FLEET_UPSTREAM if len(pools) == 1 else "%s_%d" % (FLEET_UPSTREAM, index)
+        upstream = _upstream(name, fleet_servers(pool["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings)
+        upstream["model"] = pool["model"]
+        out.append(upstream)
+    return out
+
+
+def _router(settings, context, upstreams):
+    """The router of a fleet tier with several models (None for one): the model -> upstream table the njs
+    handlers read, the served names, and how much of a request body they may read (all of it, in memory)."""
+    if len(upstreams) < 2:
+        return None
+    return {
+        "module": context["files"]["router"],
+        "import": ROUTER_IMPORT,
+        "models": [{"name": u["model"], "upstream": u["name"]} for u in upstreams],
+        "served": ", ".join(u["model"] for u in upstreams),
+        "pools": " ".join("%s=%s" % (u["name"], u["model"]) for u in upstreams),
+        "body_buffer": settings["gateway_client_max_body_size"],
+        "reply_buffer": ROUTER_REPLY_BUFFER,
+    }
+
+
+def _fleet_locations(context, upstreams, router, check_keys, limited):
+    if not router:
+        return locations(context["paths"], upstreams[0]["name"], check_key=check_keys, rate_limit=limited)
+    out = locations(context["paths"], "", check_key=check_keys, rate_limit=limited)
+    for location in out:
+        location["handler"] = "%s.%s" % (ROUTER_IMPORT, "models" if location["path"] == "/v1/models" else "route")
+    return out
+
+
 def _fleet_tier(settings, context):
     check_keys, limited = bool(context["check_keys"]), len(settings["gateway_rate_limit"]) > 0
     health_names = [b["address"] for b in context["backends"]] + list(context["peers"])
     tls = context["tls"]
+    upstreams = _fleet_upstreams(settings, context)
+    router = _router(settings, context, upstreams)
     return {
-        "upstream": _upstream(
-            "gpufleet_fleet", fleet_servers(context["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings
-        ),
+        "upstreams": upstreams,
+        "router": router,
         "next_upstream": FLEET_NEXT_UPSTREAM,
         "request_buffering": True,
         "body_buffer": FLEET_BODY_BUFFER,
@@ -266,7 +313,7 @@ def _fleet_tier(settings, context):
         "conn_limit": int(settings["gateway_conn_limit_per_client"]),
         "health_allow": allow_list(health_names, context["resolved"], settings["gateway_health_allow"]),
         "error_pages": _pages(context["error_pages"], "fleet"),
-        "locations": locations(context["paths"], "gpufleet_fleet", check_key=check_keys, rate_limit=limited),
+        "locations": _fleet_locations(context, upstreams, router, check_keys, limited),
     }
 
 
@@ -275,10 +322,12 @@ def site_model(settings, context):
 
     settings: the role's gateway_* variables. context: host (inventory name),
     is_server, is_fleet, tls, check_keys, instances [{name, port}], backends
-    (from backends()), peers (from fleet_peers()), resolved (name -> [addresses]),
-    paths (the forwarded paths), error_pages [{code, tiers, type, message}] and
-    files {keys, tls_certificate, tls_key, instance_auth ('' when the server tier
-    sends no key)}. Every upstream server starts as serving: apply_drained marks.
+    (from backends()), pools (optional: [{model, backends}] from fleet_models.pools,
+    one upstream each; several route by model), peers (from fleet_peers()),
+    resolved (name -> [addresses]), paths (the forwarded paths), error_pages
+    [{code, tiers, type, message}] and files {keys, tls_certificate, tls_key,
+    router (the njs module's path), instance_auth ('' when the server tier sends
+    no key)}. Every upstream server starts as serving: apply_drained marks.
     """
     try:
         header = settings["gateway_hash_header"]
@@ -331,11 +380,13 @@ def load_model(value):
         return None, ["is not a site model of version %d (the role writes it on every run)" % MODEL_VERSION]
     for tier in TIERS:
         part = found.get(tier)
-        if part is not None and not (isinstance(part, Mapping) and isinstance(part.get("upstream"), Mapping)):
+        upstreams = _tier_upstreams(part) if isinstance(part, Mapping) else None
+        if part is not None and not upstreams:
             return None, ["has no upstream for its %s tier" % tier]
-        servers = part["upstream"].get("servers") if part else []
-        if not isinstance(servers, list) or not all(isinstance(x, Mapping) and isinstance(x.get("label"), str) for x in servers):
-            return None, ["has %s upstream servers without a name" % tier]
+        for upstream in upstreams or []:
+            servers = upstream.get("servers")
+            if not isinstance(servers, list) or not all(isinstance(x, Mapping) and isinstance(x.get("label"), str) for x in servers):
+                return None, ["has %s upstream servers without a name" % tier]
     return found, []
 
 
@@ -369,11 +420,20 @@ def parse_drained(value):
     return out, problems
 
 
+def _tier_upstreams(part):
+    """The upstreams of a tier's part of the model: the server tier's one, the fleet tier's one per model
+    (None when the part has none that is a mapping)."""
+    found = part.get("upstreams") if "upstreams" in part else [part.get("upstream")]
+    if not isinstance(found, list) or not found or not all(isinstance(u, Mapping) for u in found):
+        return None
+    return found
+
+
 def _labels(model, tier):
     part = model.get(tier) if isinstance(model, Mapping) else None
     if not part:
         return []
-    return [s["label"] for s in part["upstream"]["servers"]]
+    return _unique([s["label"] for u in _tier_upstreams(part) for s in u["servers"]])
 
 
 def apply_drained(model, drained):
@@ -388,9 +448,11 @@ def apply_drained(model, drained):
         stale[tier] = sorted(names - set(labels))
         if model.get(tier):
             part = dict(model[tier])
-            upstream = dict(part["upstream"])
-            upstream["servers"] = [dict(s, down=s["label"] in names) for s in upstream["servers"]]
-            part["upstream"] = upstream
+            upstreams = [dict(u, servers=[dict(s, down=s["label"] in names) for s in u["servers"]]) for u in _tier_upstreams(part)]
+            if "upstreams" in part:
+                part["upstreams"] = upstreams
+            else:
+                part["upstream"] = upstreams[0]
             marked[tier] = part
     return {"model": marked, "kept": kept, "stale": stale}
 

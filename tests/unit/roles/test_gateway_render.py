@@ -30,6 +30,8 @@ gateway_fenced = import_controller_plugin(_FILTERS + "gateway_fenced").gateway_f
 gateway_local_servers = import_controller_plugin(_FILTERS + "gateway_local_servers").gateway_local_servers
 gateway_hosts = import_controller_plugin(_FILTERS + "gateway_hosts").gateway_hosts
 gateway_site_model = import_controller_plugin(_FILTERS + "gateway_site_model").gateway_site_model
+fleet_models_filter = import_controller_plugin(_FILTERS + "fleet_models").fleet_models_filter
+ROUTER = "/etc/nginx/gpufleet/gpufleet-router.js"
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "gateway"
 LOADER = DataLoader()
@@ -74,12 +76,12 @@ def host_lists(host, values, groups):
     return is_server, is_fleet, hosts
 
 
-def model(host, groups=None, instances="dp", drained=None, instance_key="", **overrides):
-    """gateway_drained(gateway_site_model(...)) as tasks/configure.yml gets it on `host`."""
+def model(host, groups=None, instances="dp", drained=None, instance_key="", models=(), **overrides):
+    """gateway_drained(gateway_site_model(...)) as tasks/configure.yml gets it on `host` (models: gpufleet_models)."""
     groups = groups or GROUPS
     values = settings(host, **overrides)
     is_server, is_fleet, hosts = host_lists(host, values, groups)
-    files = {"keys": "/etc/nginx/gpufleet/api-keys.map", "tls_certificate": "/etc/nginx/gpufleet/tls/gateway.crt"}
+    files = {"keys": "/etc/nginx/gpufleet/api-keys.map", "tls_certificate": "/etc/nginx/gpufleet/tls/gateway.crt", "router": ROUTER}
     files.update(tls_key="/etc/nginx/gpufleet/tls/gateway.key", instance_auth="/etc/nginx/gpufleet/instance-auth.conf" if instance_key else "")
     paths = list(dict.fromkeys(CONSTANTS["_gateway_base_paths"] + list(values["gateway_extra_paths"])))
     context = {
@@ -90,6 +92,7 @@ def model(host, groups=None, instances="dp", drained=None, instance_key="", **ov
         "check_keys": len(values["gateway_api_keys"]) > 0,
         "instances": INSTANCES[instances],
         "backends": hosts["backends"],
+        "pools": fleet_models_filter(list(models), groups, backends=hosts["backends"], want="pools") if is_fleet else [],
         "peers": hosts["peers"],
         "resolved": RESOLVED,
         "paths": paths,
@@ -186,9 +189,10 @@ def assert_results(variables):
     results = []
     for entry in load("tasks/preflight.yml"):
         args = entry.get("ansible.builtin.assert")
-        # The schema check (role_input_problems) needs Ansible's plugin loader:
-        # tests/unit/hostile/test_role_inputs_hostile.py runs it for real.
-        if args is None or entry["name"] == "Check the role's inputs":
+        # The checks through the collection's filters (role_input_problems, fleet_models) need Ansible's
+        # plugin loader: tests/unit/hostile/test_role_inputs_hostile.py runs the schema check for real,
+        # test_fleet_models.py the models' (and the tests below the pools they make).
+        if args is None or "gpufleet.serving." in json.dumps(entry.get("vars", {})):
             continue
         local = dict(variables, **entry.get("vars", {}))
         engine = Templar(loader=LOADER, variables=local)
@@ -568,10 +572,13 @@ def _task_names(rel):
 
 
 def test_site_file_writes_the_servers_include_first_and_tests_it():
-    """local-servers.conf is written (nginx -t on a staged copy) before the site file whose test includes it."""
+    """local-servers.conf and the router's module are written (the first with nginx -t on a staged copy) before the
+    site file whose test includes or imports them."""
     tasks = load("tasks/site_file.yml")
-    first, second = tasks[0], tasks[1]
+    first, router, second = tasks[0], tasks[1], tasks[2]
     assert first["name"] == "Write the server tier's upstream servers" and second["ansible.builtin.template"]["src"] == "gpufleet.conf.j2"
+    assert router["ansible.builtin.copy"] == {"src": "gpufleet-router.js", "dest": "{{ _gateway_router_file }}", "owner": "root", "group": "root", "mode": "0644"}
+    assert CONSTANTS["_gateway_router_file"] == "{{ _gateway_conf_dir }}/gpufleet-router.js"
     copy = first["ansible.builtin.copy"]
     assert "gpufleet.serving.gateway_local_servers" in copy["content"] and "_gateway_fenced['fenced']" in copy["content"]
     assert copy["dest"] == "{{ _gateway_local_servers_file }}" and copy["validate"].startswith("{{ _gateway_validate }} %s ")

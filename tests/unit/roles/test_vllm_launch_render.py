@@ -99,6 +99,8 @@ def plan_for(inventory, tmp_path):
     variables.update(
         _plan_from_profile=False,
         _plan_from_snapshot=True,
+        # roles/plan/vars/main.yml: the model's name of gpufleet_models, else plan_served_model_name.
+        _plan_served_name=variables.get("_plan_model_name") or variables["plan_served_model_name"],
         omit=OMIT,
         ansible_facts={"nvidia_gpus": nvml_facts.facts_from_raw(json.loads(SNAPSHOT.read_text()), "snapshot")},
     )

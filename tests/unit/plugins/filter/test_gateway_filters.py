@@ -20,9 +20,9 @@ AnsibleFilterError = import_controller_plugin("ansible.errors").AnsibleFilterErr
 
 HOSTVARS = {"gpu1": {"gateway_weight": 2, "ansible_host": "x", "secret": "not read"}, "gw1": {"gateway_address": "10.0.0.2"}}
 MODEL = {
-    "version": 2,
+    "version": 3,
     "server": None,
-    "fleet": {"upstream": {"servers": [{"host": "10.0.0.11", "label": "gpu1", "down": False}, {"host": "10.0.0.12", "label": "gpu2", "down": False}]}},
+    "fleet": {"upstreams": [{"servers": [{"host": "10.0.0.11", "label": "gpu1", "down": False}, {"host": "10.0.0.12", "label": "gpu2", "down": False}]}]},
 }
 
 
@@ -59,7 +59,7 @@ def test_gateway_drain_from_the_files_a_host_keeps():
     [
         (None, None, "has not run on this host"),
         ("{", None, "the site model is not JSON"),
-        (json.dumps(dict(MODEL, version=1)), None, "site model of version 2"),
+        (json.dumps(dict(MODEL, version=1)), None, "site model of version 3"),
         (json.dumps(MODEL), "garbage", "the drained set is not JSON"),
     ],
 )
@@ -72,10 +72,10 @@ def test_gateway_drained_keeps_marks_until_reset():
     state = json.dumps({"version": 1, "server": [], "fleet": ["gpu1"]})
     kept = gateway_drained(state, MODEL)
     assert kept["kept"]["fleet"] == ["gpu1"] and kept["released"]["fleet"] == []
-    assert [s["down"] for s in kept["model"]["fleet"]["upstream"]["servers"]] == [True, False]
+    assert [s["down"] for s in kept["model"]["fleet"]["upstreams"][0]["servers"]] == [True, False]
     reset = gateway_drained(state, MODEL, True)
     assert reset["kept"]["fleet"] == [] and reset["released"]["fleet"] == ["gpu1"] and reset["drained"]["fleet"] == []
-    assert not any(s["down"] for s in reset["model"]["fleet"]["upstream"]["servers"])
+    assert not any(s["down"] for s in reset["model"]["fleet"]["upstreams"][0]["servers"])
 
 
 def test_gateway_drained_a_broken_set_stops_a_normal_run_not_a_reset():
@@ -84,7 +84,7 @@ def test_gateway_drained_a_broken_set_stops_a_normal_run_not_a_reset():
 
 
 SERVER_MODEL = {
-    "version": 2,
+    "version": 3,
     "fleet": None,
     "server": {
         "upstream": {

@@ -148,13 +148,13 @@ def test_fleet_model():
     m = model()
     assert m["version"] == gl.MODEL_VERSION and m["server"] is None and m["hash_variable"] == "$http_x_session_id"
     fleet = m["fleet"]
-    assert [s["host"] for s in fleet["upstream"]["servers"]] == ["10.0.0.11", "10.0.0.12"]
+    assert [s["host"] for s in fleet["upstreams"][0]["servers"]] == ["10.0.0.11", "10.0.0.12"]
     assert fleet["health_allow"] == ["127.0.0.1", "::1", "10.0.0.11", "fd00::11", "10.0.0.12", "10.0.0.2", "fd00::2", "192.0.2.7"]
     assert fleet["rate_limit"]["key"] == "$binary_remote_addr" and fleet["tls"] is None
     assert [p["code"] for p in fleet["error_pages"]] == [401, 404, 502]
     assert fleet["error_pages"][2]["unsent"] is None  # the fleet tier keeps its 502
     assert fleet["next_upstream"] == "error timeout http_503 non_idempotent" and fleet["request_buffering"] is True
-    assert fleet["upstream"]["servers_file"] == "" and m["proxy"]["next_upstream_timeout"] == "30s"
+    assert fleet["upstreams"][0]["servers_file"] == "" and m["proxy"]["next_upstream_timeout"] == "30s"
     assert all(x["check_key"] and x["rate_limit"] and x["upstream"] == "gpufleet_fleet" for x in fleet["locations"])
     json.dumps(m)  # it is kept on the host as JSON
 
@@ -220,10 +220,10 @@ def test_parse_drained_refuses_what_drain_does_not_write(value, words):
 def test_apply_drained_marks_reports_and_leaves_the_input_alone():
     base = model()
     result = gl.apply_drained(base, {"fleet": ["gpu2", "gone"], "server": ["0"]})
-    assert [s["down"] for s in result["model"]["fleet"]["upstream"]["servers"]] == [False, True]
+    assert [s["down"] for s in result["model"]["fleet"]["upstreams"][0]["servers"]] == [False, True]
     assert result["kept"] == {"server": [], "fleet": ["gpu2"]}
     assert result["stale"] == {"server": ["0"], "fleet": ["gone"]}
-    assert not any(s["down"] for s in base["fleet"]["upstream"]["servers"])
+    assert not any(s["down"] for s in base["fleet"]["upstreams"][0]["servers"])
 
 
 def test_drain_and_undrain():
@@ -244,7 +244,7 @@ def test_load_model_takes_only_a_model_of_this_version():
     base = model()
     assert gl.load_model(json.dumps(base)) == (json.loads(json.dumps(base)), [])
     assert gl.load_model("{}")[1] and gl.load_model("nope")[1]
-    broken = dict(base, fleet={"upstream": {"servers": [{"host": "x"}]}})
+    broken = dict(base, fleet={"upstreams": [{"servers": [{"host": "x"}]}]})
     assert "without a name" in gl.load_model(broken)[1][0]
 
 
