@@ -117,7 +117,13 @@ $(CACHE)/tiny-model/model.safetensors: $(VENV)/.stamp tests/model/make_tiny_mode
 	rm -rf $(CACHE)/tiny-model
 	$(BIN)/python tests/model/make_tiny_model.py $(CACHE)/tiny-model
 
-tiny-model: $(CACHE)/tiny-model/model.safetensors
+# A second model (other weights, another tokenizer) for the fleet of two
+# models of molecule/vllm.
+$(CACHE)/tiny-model-b/model.safetensors: $(VENV)/.stamp tests/model/make_tiny_model.py
+	rm -rf $(CACHE)/tiny-model-b
+	$(BIN)/python tests/model/make_tiny_model.py $(CACHE)/tiny-model-b --seed 4321
+
+tiny-model: $(CACHE)/tiny-model/model.safetensors $(CACHE)/tiny-model-b/model.safetensors
 
 vllm-image: deps fleet-image wheelhouse
 	tests/fleet/fleet.sh vllm-image

@@ -52,9 +52,7 @@ def _entry_problems(index, entry):
         problems.append("%s has fields this collection does not read: %s (a model has name and group)" % (where, ", ".join(extra[:5])))
     name, group = entry.get("name"), entry.get("group")
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name) or ".." in name:
-        problems.append(
-            "%s.name is %s: set the name clients send, of letters, digits and . _ : @ + - (one '/' at most, no '..')" % (where, repr(name)[:60])
-        )
+        problems.append("%s.name is %s: set the name clients send, of letters, digits and . _ : @ + - (one '/' at most, no '..')" % (where, repr(name)[:60]))
     if not isinstance(group, str) or not GROUP_RE.match(group):
         problems.append("%s.group is %s: set an inventory group name (letters, digits, _)" % (where, repr(group)[:60]))
     return problems
@@ -62,7 +60,7 @@ def _entry_problems(index, entry):
 
 def _listed(models):
     """(entries, problems): the well-formed list, or the problems of the list as a whole."""
-    if models is None or models == "" or models == []:
+    if models in (None, "", []):
         return [], []
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)):
         return [], ["gpufleet_models must be a list of {name, group}, not %s" % repr(models)[:60]]
@@ -79,9 +77,7 @@ def _listed(models):
             seen.setdefault(entry[key], []).append(entry["name"])
         twice = sorted(v for v, names in seen.items() if len(names) > 1)
         if twice:
-            problems.append(
-                "gpufleet_models gives two models the %s %s: each model has a %s of its own" % (what, ", ".join(repr(v) for v in twice[:5]), what)
-            )
+            problems.append("gpufleet_models gives two models the %s %s: each model has a %s of its own" % (what, ", ".join(repr(v) for v in twice[:5]), what))
     return ([dict(m) for m in models] if not problems else []), problems
 
 
@@ -152,7 +148,8 @@ def fleet_problems(models, groups, server_hosts, server_group="gpu_servers"):
         members = _members(groups, m["group"])
         outside = [h for h in members if h not in servers]
         if outside:
-            problems.append("%s of group %s (model %s) %s not in %s" % (_show_hosts(outside), m["group"], m["name"], "is" if len(outside) == 1 else "are", server_group))
+            verb = "is" if len(outside) == 1 else "are"
+            problems.append("%s of group %s (model %s) %s not in %s" % (_show_hosts(outside), m["group"], m["name"], verb, server_group))
         if not [h for h in members if h in servers]:
             problems.append("model %s has no GPU server: its group %s holds none of %s; add one or remove the model" % (m["name"], m["group"], server_group))
     return problems

@@ -79,9 +79,14 @@ def test_a_wheel_altered_on_the_cache_is_refused_by_the_hosts(host):
     assert "DO NOT MATCH THE HASHES" in out.stderr + out.stdout
 
 
+def _model_groups(group_vars, members):
+    """The models' groups (gpufleet_models) of an inventory written for a test: {group: {hosts, vars}}."""
+    return {m["group"]: {"hosts": {h: {} for h in members.get(m["group"], [])}, "vars": group_vars[m["group"]]} for m in group_vars["all"]["gpufleet_models"]}
+
+
 def _inventory(tmp_path):
     """site.yml's groups for these hosts: t-vllm-cache poses as a GPU server with a bad variable,
-    in the first batch with t-vllm1; t-vllm2 is the second batch."""
+    in the first batch with t-vllm1 (and, like it, a server of the model `tiny`); t-vllm2 is the second batch."""
     config = yaml.safe_load((SCENARIO / "molecule.yml").read_text().replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT)))
     group_vars = config["provisioner"]["inventory"]["group_vars"]
     host_vars = config["provisioner"]["inventory"]["host_vars"]
@@ -94,6 +99,7 @@ def _inventory(tmp_path):
                     "hosts": {"t-vllm1": host_vars["t-vllm1"], "t-vllm-cache": bad, "t-vllm2": host_vars["t-vllm2"]},
                     "vars": group_vars["gpu_servers"],
                 },
+                **_model_groups(group_vars, {"model_tiny": ["t-vllm1", "t-vllm-cache"], "model_tiny_b": ["t-vllm2"]}),
             },
         }
     }
@@ -115,13 +121,18 @@ def test_a_failing_host_stops_the_rollout_after_its_batch(tmp_path):
     playbook = [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(_inventory(tmp_path)), str(ROOT / "site.yml")]
     run = subprocess.run(
         [*playbook, "--tags", "vllm_plan,vllm_preflight", "-e", "gpufleet_serial=2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     out = run.stdout + run.stderr
     assert run.returncode != 0, out
     vllm_play = out.split("PLAY [Install vLLM, stage the model and realise the plan]")[1]
     # The failing host is named with the reason, before anything was installed.
-    failure = vllm_play[vllm_play.index("fatal: [t-vllm-cache]"):][:1200]
+    failure = vllm_play[vllm_play.index("fatal: [t-vllm-cache]") :][:1200]
     # The role's input check (the first task of its preflight) refuses the URL, naming it.
     before = vllm_play[: vllm_play.index("fatal: [t-vllm-cache]")]
     assert "vllm_model_url" in failure and "Check the role's inputs" in before.rsplit("TASK [", 1)[1], failure
@@ -150,7 +161,10 @@ def _site(tmp_path, tags, extra_vars):
     hosts = {
         "all": {
             "vars": {"ansible_connection": "podman_pipelined", "ansible_python_interpreter": "/usr/bin/python3", **inventory["group_vars"]["all"]},
-            "children": {"gpu_servers": {"hosts": {"t-vllm1": inventory["host_vars"]["t-vllm1"]}, "vars": inventory["group_vars"]["gpu_servers"]}},
+            "children": {
+                "gpu_servers": {"hosts": {"t-vllm1": inventory["host_vars"]["t-vllm1"]}, "vars": inventory["group_vars"]["gpu_servers"]},
+                **_model_groups(inventory["group_vars"], {"model_tiny": ["t-vllm1"]}),
+            },
         }
     }
     path = tmp_path / "inventory.yml"
@@ -188,7 +202,7 @@ def test_a_tampered_requirements_file_or_manifest_on_the_cache_is_refused_and_ch
         assert rc != 0, out
         assert "requirements.txt has sha256" in out and "nothing was written or installed" in out, out[-3000:]
         assert CACHE.run("cp -p /tmp/req.orig %s", requirements).rc == 0
-        assert CACHE.run("sed -i 's/\"kind\": \"model\"/\"kind\": \"model\", \"x\": 1/' %s", manifest).rc == 0
+        assert CACHE.run('sed -i \'s/"kind": "model"/"kind": "model", "x": 1/\' %s', manifest).rc == 0
         rc, out = _site(tmp_path, "plan,vllm_plan,vllm_model", pins)
         assert rc != 0, out
         assert "the model manifest http://t-vllm-cache:8080/models/tiny.manifest.json has sha256" in out, out[-3000:]

@@ -12,7 +12,13 @@ import pytest
 import testinfra
 
 testinfra_hosts = ["podman://t-vllm1", "podman://t-vllm2"]
-MODEL = "tiny"
+# Each host serves its own model (gpufleet_models): t-vllm1 `tiny`, t-vllm2 `tiny-b`.
+MODELS = {"t-vllm1": "tiny", "t-vllm2": "tiny-b"}
+
+
+def served(plan):
+    """The name the plan's instances serve."""
+    return plan["launch"]["served_model_name"]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +42,10 @@ def unit_pids(host, unit):
     return {int(line.split()[0]) for line in out.stdout.splitlines() if line.split()[1:] == [unit]}
 
 
-def wait_ready(host, port, timeout=240):
+def wait_ready(host, port, model, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        body = json.dumps({"model": MODEL, "prompt": "ping", "max_tokens": 1})
+        body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1})
         out = host.run("curl -s -o /dev/null -w '%%{http_code}' " + KEY_HEADER + " -H 'content-type: application/json' "
                        "-d %s http://127.0.0.1:%s/v1/completions", body, str(port))  # fmt: skip
         if out.stdout.strip() == "200":
@@ -50,6 +56,8 @@ def wait_ready(host, port, timeout=240):
 
 def test_plan_shape(host, plan):
     assert plan["topology"] == {"t-vllm1": "dp", "t-vllm2": "tp"}[host.backend.get_hostname()]
+    assert served(plan) == MODELS[host.backend.get_hostname()]
+    assert plan["launch"]["model_path"] == "/var/lib/vllm/models/" + served(plan)
     if plan["topology"] == "dp":
         assert [i["gpus"] for i in plan["instances"]] == [[0], [1]]
         assert [i["port"] for i in plan["instances"]] == [8001, 8002]
@@ -118,7 +126,7 @@ def test_listens_only_on_loopback(host, plan):
 def test_nothing_left_of_other_topologies(host, plan):
     names = {i["name"] for i in plan["instances"]}
     units = host.run("systemctl list-units --all --plain --no-legend 'vllm@*'").stdout.split("\n")
-    running = {u.split()[0][len("vllm@"):-len(".service")] for u in units if u.strip()}
+    running = {u.split()[0][len("vllm@") : -len(".service")] for u in units if u.strip()}
     assert running == names
     envs = host.run("ls /etc/vllm").stdout.split()
     assert sorted(e[:-4] for e in envs if e.endswith(".env")) == sorted(names)
@@ -129,7 +137,7 @@ def test_nothing_left_of_other_topologies(host, plan):
 @pytest.mark.parametrize("stream", [False, True])
 def test_completions_on_every_instance(host, plan, stream):
     for inst in plan["instances"]:
-        body = {"model": MODEL, "prompt": "hello fleet", "max_tokens": 8, "stream": stream}
+        body = {"model": served(plan), "prompt": "hello fleet", "max_tokens": 8, "stream": stream}
         out = post(host, inst["port"], "/v1/completions", body, stream=stream)
         if stream:
             events = [e for e in out.split("\n\n") if e.startswith("data: ")]
@@ -142,7 +150,7 @@ def test_completions_on_every_instance(host, plan, stream):
 
 def test_chat_completions_on_every_instance(host, plan):
     for inst in plan["instances"]:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        body = {"model": served(plan), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
         out = post(host, inst["port"], "/v1/chat/completions", body)
         assert out["choices"][0]["message"]["role"] == "assistant"
 
@@ -162,7 +170,7 @@ def test_v1_needs_the_hosts_instance_key(host, plan):
     key = host.file("/etc/vllm/instance-api-key")
     assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
     assert key.content_string.startswith("VLLM_API_KEY=")
-    body = json.dumps({"model": MODEL, "prompt": "ping", "max_tokens": 1})
+    body = json.dumps({"model": served(plan), "prompt": "ping", "max_tokens": 1})
     for inst in plan["instances"]:
         port = str(inst["port"])
         for header in ("", "-H 'Authorization: Bearer wrong-key-0123456789'"):
@@ -215,7 +223,7 @@ def test_sigkill_of_the_tp_instance_leaves_no_orphans_and_unit_recovers():
             break
         time.sleep(1)
     assert not alive, "processes of the killed instance survive: %s" % alive
-    wait_ready(host, inst["port"])
+    wait_ready(host, inst["port"], served(plan))
     new_pid = int(host.run("systemctl show -p MainPID --value %s", unit).stdout)
     assert new_pid not in (0, main_pid)
     assert host.service("vllm@%s" % inst["name"]).is_running

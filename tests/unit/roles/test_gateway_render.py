@@ -577,7 +577,8 @@ def test_site_file_writes_the_servers_include_first_and_tests_it():
     tasks = load("tasks/site_file.yml")
     first, router, second = tasks[0], tasks[1], tasks[2]
     assert first["name"] == "Write the server tier's upstream servers" and second["ansible.builtin.template"]["src"] == "gpufleet.conf.j2"
-    assert router["ansible.builtin.copy"] == {"src": "gpufleet-router.js", "dest": "{{ _gateway_router_file }}", "owner": "root", "group": "root", "mode": "0644"}
+    copied = {"src": "gpufleet-router.js", "dest": "{{ _gateway_router_file }}", "owner": "root", "group": "root", "mode": "0644"}
+    assert router["ansible.builtin.copy"] == copied
     assert CONSTANTS["_gateway_router_file"] == "{{ _gateway_conf_dir }}/gpufleet-router.js"
     copy = first["ansible.builtin.copy"]
     assert "gpufleet.serving.gateway_local_servers" in copy["content"] and "_gateway_fenced['fenced']" in copy["content"]

@@ -20,7 +20,7 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 from ansible_collections.gpufleet.serving.plugins.filter import systemd_exec_start
-from ansible_collections.gpufleet.serving.plugins.module_utils import nvml_facts, vllm_instances, vllm_launch, vllm_planner
+from ansible_collections.gpufleet.serving.plugins.module_utils import fleet_models, nvml_facts, vllm_instances, vllm_launch, vllm_planner
 from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan as vllm_plan_module
 from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import load_trusted, trust_as_template
 
@@ -63,6 +63,16 @@ def molecule_vars(scenario, host):
             variables.update(yaml_file(str(path.relative_to(ROOT))))
         return variables
     variables = dict(inventory["group_vars"]["gpu_servers"])
+    # The host's model's group (gpufleet_models), as the plan role places it: its variables and its name.
+    groups = {}
+    for platform in yaml_file("molecule/%s/molecule.yml" % scenario)["platforms"]:
+        for group in platform.get("groups", []):
+            groups.setdefault(group, []).append(platform["name"])
+    models = inventory["group_vars"].get("all", {}).get("gpufleet_models", [])
+    for model in models:
+        if host in groups.get(model["group"], []):
+            variables.update(inventory["group_vars"][model["group"]])
+    variables["_plan_model_name"] = fleet_models.model_name(host, models, groups)
     variables.update(inventory.get("host_vars", {}).get(host) or {})
     return variables
 
@@ -232,3 +242,13 @@ def test_no_role_default_duplicates_a_plan_setting(role):
     for setting in PLANNED_SETTINGS:
         if setting != "tensor_parallel_size":
             assert "plan_" + setting in plan_defaults, setting
+
+
+def test_the_two_model_fleet_serves_each_servers_model_under_its_name(tmp_path):
+    """molecule/vllm's gpufleet_models: t-vllm1 in model_tiny, t-vllm2 in model_tiny_b."""
+    names = {}
+    for host in ("t-vllm1", "t-vllm2"):
+        plan = plan_for(INVENTORIES["molecule-vllm/" + host](), tmp_path)
+        (served,) = {i["argv"][i["argv"].index("--served-model-name") + 1] for i in plan["instances"]}
+        names[host] = (served, plan["launch"]["model_path"])
+    assert names == {"t-vllm1": ("tiny", "/var/lib/vllm/models/tiny"), "t-vllm2": ("tiny-b", "/var/lib/vllm/models/tiny-b")}

@@ -1,0 +1,164 @@
+"""Two models, one address: the fleet gateway (t-vllm-cache) routes each request by the model it names.
+
+t-vllm1 serves `tiny` (two instances), t-vllm2 `tiny-b` (one): gpufleet_models in
+molecule.yml. The client is the official `openai` package, the one vLLM's own
+virtualenv holds, run on t-vllm1 against the gateway's address; the server
+tiers' access logs say which GPU server each request reached.
+"""
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import testinfra
+
+ROOT = Path(__file__).resolve().parents[3]
+SCENARIO = Path(__file__).resolve().parents[1]
+GATEWAY = "t-vllm-cache"
+URL = "http://%s/v1" % GATEWAY
+KEY = "vllm-scenario-key-0123456789"
+SERVERS = {"tiny": "t-vllm1", "tiny-b": "t-vllm2"}
+ACCESS_LOG = "/var/log/nginx/gpufleet-access.log"
+CLIENT = "t-vllm1"
+
+# Runs in vLLM's virtualenv on CLIENT; prints one JSON object.
+OPENAI_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import openai
+
+    asks = json.loads(sys.argv[1])
+    client = openai.OpenAI(base_url=%r, api_key=%r, max_retries=0, timeout=120)
+    out = {"answers": [], "errors": []}
+    for ask in asks:
+        try:
+            if ask["kind"] == "models":
+                out["models"] = sorted(m.id for m in client.models.list().data)
+            elif ask["kind"] == "chat" and ask["stream"]:
+                chunks = list(client.chat.completions.create(
+                    model=ask["model"], messages=[{"role": "user", "content": "hello"}], max_tokens=8, stream=True))
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                out["answers"].append({"ask": ask, "model": chunks[0].model, "chunks": len(chunks), "text": text})
+            elif ask["kind"] == "chat":
+                reply = client.chat.completions.create(
+                    model=ask["model"], messages=[{"role": "user", "content": "hello"}], max_tokens=8)
+                out["answers"].append({"ask": ask, "model": reply.model, "tokens": reply.usage.completion_tokens})
+            else:
+                reply = client.completions.create(model=ask["model"], prompt="hello fleet", max_tokens=8)
+                out["answers"].append({"ask": ask, "model": reply.model, "tokens": reply.usage.completion_tokens})
+        except openai.APIStatusError as exc:
+            out["errors"].append({"ask": ask, "status": exc.status_code, "body": exc.body})
+    print(json.dumps(out))
+    """
+) % (URL, KEY)
+
+
+def ask_openai(asks):
+    run = subprocess.run(
+        ["podman", "exec", "-i", CLIENT, "/opt/vllm/venv/bin/python", "-", json.dumps(asks)],
+        input=OPENAI_SCRIPT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def log_lines(container):
+    host = testinfra.get_host("podman://" + container)
+    return host.file(ACCESS_LOG).content_string.splitlines()
+
+
+def curl(*args):
+    """curl on the gateway itself (its loopback may ask /health); returns (status, JSON body)."""
+    host = testinfra.get_host("podman://" + GATEWAY)
+    out = host.run("curl -sS --max-time 60 -o /tmp/body -w '%%{http_code}' " + " ".join(["%s"] * len(args)) + " && echo && cat /tmp/body", *args)
+    assert out.rc == 0, out.stderr
+    status, _, body = out.stdout.partition("\n")
+    return int(status), json.loads(body) if body.strip() else None
+
+
+def test_each_model_answers_through_one_address_and_reaches_only_its_servers():
+    asks = []
+    for model in SERVERS:
+        asks += [{"kind": "chat", "model": model, "stream": False}, {"kind": "chat", "model": model, "stream": True}]
+        asks += [{"kind": "completion", "model": model}, {"kind": "chat", "model": model, "stream": False}]
+    asks += [{"kind": "chat", "model": "tiny", "stream": True}] * 2
+    before = {name: len(log_lines(name)) for name in SERVERS.values()}
+    found = ask_openai(asks)
+    assert found["errors"] == []
+    assert [a["model"] for a in found["answers"]] == [a["model"] for a in asks], "an answer came from another model"
+    streamed = [a for a in found["answers"] if a["ask"].get("stream")]
+    assert streamed and all(a["chunks"] >= 3 for a in streamed), streamed
+    # The server tiers' access logs: every request for a model reached a server of that model, and only those.
+    for model, server in SERVERS.items():
+        new = [line for line in log_lines(server)[before[server] :] if '"POST /v1/' in line]
+        wanted = sum(1 for a in asks if a["model"] == model)
+        assert len(new) == wanted, "%s logged %d requests, %d were for its model %s:\n%s" % (server, len(new), wanted, model, "\n".join(new))
+        assert all(" 200 " in line for line in new), new
+
+
+def test_v1_models_lists_every_model():
+    assert ask_openai([{"kind": "models"}])["models"] == ["tiny", "tiny-b"]
+
+
+def test_an_unknown_model_gets_an_openai_404_naming_the_served_ones():
+    (error,) = ask_openai([{"kind": "chat", "model": "gpt-nope", "stream": False}])["errors"]
+    assert error["status"] == 404
+    assert error["body"]["code"] == "model_not_found" and error["body"]["param"] == "model"
+    assert error["body"]["message"] == "The model `gpt-nope` does not exist; this gateway serves: tiny, tiny-b"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ('{"prompt": "x"}', 400, 'name the model in the request ("model"); this gateway serves: tiny, tiny-b'),
+        ('{"model": 7}', 400, "name the model"),
+        ("not json", 400, "the request body is not JSON"),
+    ],
+)
+def test_a_request_without_a_model_gets_a_400(body, status, words):
+    got, answer = curl("-H", "'Authorization: Bearer %s'" % KEY, "-H", "'content-type: application/json'", "-d", "'%s'" % body,
+                       "http://127.0.0.1/v1/completions")  # fmt: skip
+    assert got == status and words in answer["error"]["message"], answer
+
+
+def test_keys_apply_to_every_model():
+    for model in SERVERS:
+        got, answer = curl("-H", "'content-type: application/json'", "-d", "'%s'" % json.dumps({"model": model, "prompt": "x"}),
+                           "http://127.0.0.1/v1/completions")  # fmt: skip
+        assert got == 401 and answer["error"]["type"] == "authentication_error"
+
+
+def test_health_names_each_model():
+    assert curl("http://127.0.0.1/health") == (200, {"status": "ok", "models": {"tiny": "ok", "tiny-b": "ok"}})
+
+
+def test_a_server_added_to_a_models_group_joins_that_pool_only(tmp_path):
+    """add_servers.yml rewrites each gateway over every server of gpu_servers: a new server of model_tiny_b's
+    group lands in tiny-b's upstream and nowhere else (the gateway role in check mode, with the server added by
+    a second inventory; nothing changes on the gateway)."""
+    extra = tmp_path / "added.yml"
+    extra.write_text(
+        "all:\n  children:\n    gpu_servers:\n      hosts:\n        t-vllm3: {gateway_address: 10.89.7.3}\n    model_tiny_b:\n      hosts:\n        t-vllm3:\n"
+    )
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH="%s/collections:%s/.cache/collections" % (ROOT, ROOT),
+        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    args = ["ansible-playbook", "-i", inventory, "-i", str(extra), "--limit", GATEWAY, "--check", "--diff", str(SCENARIO / "gateway.yml")]
+    run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False, cwd=str(SCENARIO))
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    added = [line for line in run.stdout.splitlines() if line.startswith("+") and "10.89.7.3" in line]
+    removed = [line for line in run.stdout.splitlines() if line.startswith("-") and "server " in line]
+    assert len(added) == 1 and "# t-vllm3 (10.89.7.3)" in added[0], run.stdout[-4000:]
+    assert removed == []
+    # The new line is in the upstream of tiny-b (the second model), the one after "# model tiny-b".
+    diff = run.stdout[run.stdout.index("# model tiny-b") :]
+    assert diff.index("upstream gpufleet_fleet_2 {") < diff.index("10.89.7.3") < diff.index("}")
+    conf = testinfra.get_host("podman://" + GATEWAY).file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    assert "10.89.7.3" not in conf
