@@ -610,3 +610,74 @@ def test_normal_runs_and_drains_read_the_fenced_set_and_reload_for_either_file(r
     # The role never writes the fenced set.
     for task_file in (ROLE / "tasks").glob("*.yml"):
         assert 'dest: "{{ _gateway_fenced_file }}"' not in task_file.read_text(), task_file
+
+
+# --- several models (gpufleet_models) ----------------------------------------------------
+MODELS = [{"name": "small", "group": "model_small"}, {"name": "org/large-1", "group": "model_large"}]
+MODEL_GROUPS = dict(GROUPS, model_small=["gpu1"], model_large=["gpu2"])
+
+
+def routed(**overrides):
+    return conf("gw1", groups=MODEL_GROUPS, models=MODELS, gateway_api_keys=KEYS, **overrides)
+
+
+def test_one_model_keeps_one_upstream_and_no_router():
+    one = conf("gw1", groups=dict(GROUPS, model_small=["gpu1", "gpu2"]), models=MODELS[:1], gateway_api_keys=KEYS)
+    assert one.replace("# model small\nupstream gpufleet_fleet {", "upstream gpufleet_fleet {") == conf("gw1", gateway_api_keys=KEYS)
+    assert "js_" not in one
+
+
+def test_several_models_get_an_upstream_each_in_the_lists_order():
+    text = routed()
+    (first,) = blocks(text, "upstream gpufleet_fleet_1")
+    (second,) = blocks(text, "upstream gpufleet_fleet_2")
+    assert re.findall(r"# (gpu\S+)", first) == ["gpu1"] and re.findall(r"# (gpu\S+)", second) == ["gpu2"]
+    assert "# model small\nupstream gpufleet_fleet_1 {" in text and "# model org/large-1\nupstream gpufleet_fleet_2 {" in text
+    assert not blocks(text, "upstream gpufleet_fleet {")
+    assert "2 GPU server(s), 2 models routed by name." in text
+
+
+def test_the_router_table_is_data_and_the_module_is_imported():
+    text = routed()
+    assert "js_import gpufleet from /etc/nginx/gpufleet/gpufleet-router.js;" in text
+    assert 'js_var $gpufleet_served "small, org/large-1";' in text
+    assert 'js_var $gpufleet_pools "gpufleet_fleet_1=small gpufleet_fleet_2=org/large-1";' in text
+    (table,) = blocks(text, "map $gpufleet_model $gpufleet_pool")
+    assert re.findall(r"^\s+(\S.*);$", table, re.M) == ["volatile", 'default ""', '"small" gpufleet_fleet_1', '"org/large-1" gpufleet_fleet_2']
+
+
+def test_routed_paths_keep_keys_and_limits_and_read_the_whole_body():
+    server = server_block(routed(gateway_client_max_body_size="8m"), 80)
+    for path, handler in (("/v1/models", "models"), ("/v1/completions", "route"), ("/v1/chat/completions", "route")):
+        body = server[server.index("location = %s {" % path) :]
+        body = body[: body.index("\n    }")]
+        assert "limit_req zone=gpufleet_auth_fail burst=10 nodelay;" in body and "auth_request /_gpufleet_key_check;" in body
+        assert "js_content gpufleet.%s;" % handler in body and "proxy_pass" not in body
+        assert "client_body_buffer_size 8m;" in body and "client_body_in_single_buffer on;" in body
+    # Where the route handler sends a request: no key check or limit again, the tier's proxy settings.
+    for index in (1, 2):
+        named = server[server.index("location @gpufleet_fleet_%d {" % index) :]
+        assert named[: named.index("}")].split("\n")[1:-1] == ["        proxy_pass http://gpufleet_fleet_%d;" % index]
+        for what, path in (("models", "/v1/models"), ("health", "/health")):
+            inner = server[server.index("location = /_gpufleet/%s/gpufleet_fleet_%d {" % (what, index)) :]
+            inner = inner[: inner.index("}")]
+            assert "internal;" in inner and "proxy_pass http://gpufleet_fleet_%d%s;" % (index, path) in inner
+            assert "subrequest_output_buffer_size 64k;" in inner
+    health = server[server.index("location = /health {") :]
+    health = health[: health.index("}")]
+    assert "js_content gpufleet.health;" in health and "deny all;" in health and "allow 127.0.0.1;" in health
+    for directive in COMMON_PROXY:
+        assert directive in server.replace("client_max_body_size 8m;", "client_max_body_size 16m;"), directive
+
+
+def test_a_drained_server_is_down_in_its_models_upstream():
+    text = routed(drained=json.dumps({"version": 1, "server": [], "fleet": ["gpu2"]}))
+    (first,) = blocks(text, "upstream gpufleet_fleet_1")
+    (second,) = blocks(text, "upstream gpufleet_fleet_2")
+    assert " down " not in first and "server 10.0.0.12:9000 down weight=3" in second
+
+
+def test_a_given_backend_names_its_model():
+    given = [{"address": "10.0.0.30", "model": "org/large-1"}, {"address": "10.0.0.31", "model": "small"}]
+    text = routed(gateway_backends=given)
+    assert "10.0.0.31" in blocks(text, "upstream gpufleet_fleet_1")[0] and "10.0.0.30" in blocks(text, "upstream gpufleet_fleet_2")[0]
