@@ -119,15 +119,13 @@ def test_an_unknown_model_gets_an_openai_404_naming_the_served_ones():
     ],
 )
 def test_a_request_without_a_model_gets_a_400(body, status, words):
-    got, answer = curl("-H", "'Authorization: Bearer %s'" % KEY, "-H", "'content-type: application/json'", "-d", "'%s'" % body,
-                       "http://127.0.0.1/v1/completions")  # fmt: skip
+    got, answer = curl("-H", "Authorization: Bearer " + KEY, "-H", "content-type: application/json", "-d", body, "http://127.0.0.1/v1/completions")
     assert got == status and words in answer["error"]["message"], answer
 
 
 def test_keys_apply_to_every_model():
     for model in SERVERS:
-        got, answer = curl("-H", "'content-type: application/json'", "-d", "'%s'" % json.dumps({"model": model, "prompt": "x"}),
-                           "http://127.0.0.1/v1/completions")  # fmt: skip
+        got, answer = curl("-H", "content-type: application/json", "-d", json.dumps({"model": model, "prompt": "x"}), "http://127.0.0.1/v1/completions")
         assert got == 401 and answer["error"]["type"] == "authentication_error"
 
 
@@ -153,12 +151,29 @@ def test_a_server_added_to_a_models_group_joins_that_pool_only(tmp_path):
     args = ["ansible-playbook", "-i", inventory, "-i", str(extra), "--limit", GATEWAY, "--check", "--diff", str(SCENARIO / "gateway.yml")]
     run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False, cwd=str(SCENARIO))
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    added = [line for line in run.stdout.splitlines() if line.startswith("+") and "10.89.7.3" in line]
-    removed = [line for line in run.stdout.splitlines() if line.startswith("-") and "server " in line]
-    assert len(added) == 1 and "# t-vllm3 (10.89.7.3)" in added[0], run.stdout[-4000:]
-    assert removed == []
-    # The new line is in the upstream of tiny-b (the second model), the one after "# model tiny-b".
-    diff = run.stdout[run.stdout.index("# model tiny-b") :]
-    assert diff.index("upstream gpufleet_fleet_2 {") < diff.index("10.89.7.3") < diff.index("}")
+    lines = run.stdout.splitlines()
+    added = [i for i, line in enumerate(lines) if line.startswith("+") and "server 10.89.7.3:" in line]
+    assert len(added) == 1 and lines[added[0]].endswith("# t-vllm3 (10.89.7.3)"), run.stdout[-4000:]
+    assert not [line for line in lines if line.startswith("-") and "server " in line]
+    # In the upstream of tiny-b (the diff's context above the new line), which the map names for tiny-b.
+    above = lines[added[0] - 3 : added[0]]
+    assert above[0].strip() == "upstream gpufleet_fleet_2 {" and "# t-vllm2" in above[2], above
     conf = testinfra.get_host("podman://" + GATEWAY).file("/etc/nginx/conf.d/gpufleet.conf").content_string
-    assert "10.89.7.3" not in conf
+    assert '"tiny-b" gpufleet_fleet_2;' in conf and "10.89.7.3" not in conf
+
+
+def test_a_model_without_a_server_in_service_leaves_the_other_serving():
+    """t-vllm2's server tier stopped: tiny-b is unavailable (a JSON 5xx, /health 503 naming it), tiny serves, and
+    /v1/models lists what answers."""
+    server = testinfra.get_host("podman://" + SERVERS["tiny-b"])
+    assert server.run("systemctl stop nginx").rc == 0
+    try:
+        assert curl("http://127.0.0.1/health") == (503, {"status": "unavailable", "models": {"tiny": "ok", "tiny-b": "unavailable"}})
+        found = ask_openai([{"kind": "models"}, {"kind": "completion", "model": "tiny-b"}, {"kind": "completion", "model": "tiny"}])
+        assert found["models"] == ["tiny"]
+        assert [a["model"] for a in found["answers"]] == ["tiny"]
+        (error,) = found["errors"]
+        assert error["status"] in (502, 503) and error["body"]["type"] == "server_error", error
+    finally:
+        assert server.run("systemctl start nginx").rc == 0
+    assert curl("http://127.0.0.1/health")[0] == 200
