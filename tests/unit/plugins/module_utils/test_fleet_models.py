@@ -120,3 +120,22 @@ def test_filter_modes():
     assert fleet_models_filter(MODELS, GROUPS, host="gpu1") == []
     assert fleet_models_filter(MODELS, GROUPS, server_hosts=["gpu1", "gpu2", "gpu3"]) == []
     assert fleet_models_filter([], GROUPS, host="gpu1", want="name") == ""
+
+
+HOSTILE_NAMES = ['tiny"; }', "tiny\n    server 10.0.0.9:80;", "$host", "a b", "tiny;", "t{1}", "-tiny", "../../etc", "a/b/c", "x" * 300, "", 7, None]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_name_that_could_reach_nginx_or_javascript_is_refused_before_use(name):
+    models = [{"name": name, "group": "model_small"}, {"name": "large", "group": "model_large"}]
+    assert fleet_models.host_problems("gpu1", models, GROUPS)
+    assert fleet_models.fleet_problems(models, GROUPS, GROUPS["gpu_servers"])
+    assert fleet_models.model_name("gpu1", models, GROUPS) == ""
+    with pytest.raises(ValueError):
+        fleet_models.pools([backend("gpu1")], models, GROUPS)
+
+
+@pytest.mark.parametrize("group", ["all; rm", "model-small", "", "x" * 70, {"a": 1}])
+def test_a_group_that_is_no_group_name_is_refused(group):
+    (problem,) = fleet_models.host_problems("gpu1", [{"name": "small", "group": group}], GROUPS)
+    assert problem.startswith("gpufleet_models[0].group is ")
