@@ -15,9 +15,9 @@ author: gpufleet.serving contributors (@gpufleet)
 description:
   - O(_input) is C(gpufleet_models), a list of C({name, group}) (empty - one model for the whole fleet).
   - With O(host), the problems of the list and of that GPU server's place in it (in exactly one model's group;
-    O(served_name) empty or the model's name): the plan role's check.
+    O(served_name) empty or the model's name) - the plan role's check.
   - With O(server_hosts), the problems for the fleet as a whole (every GPU server in exactly one model's group,
-    every model with a server): the gateway role's check on a fleet gateway.
+    every model with a server) - the gateway role's check on a fleet gateway.
   - With O(want=name), the served name of O(host)'s model (empty when there is none).
   - With O(want=pools), the fleet tier's pools of O(backends) - C([{model, backends}]) in the list's order, one pool of
     every backend (model empty) without models; with O(want=pool_problems), why O(backends) cannot be pooled (a

@@ -112,11 +112,20 @@ print(json.dumps(out))
 '''
 
 
+def backend_key(container, args):
+    """The instances' own key (the vllm role's root-only file on the GPU server): vLLM answers /v1 to its holder alone."""
+    run = subprocess.run([args.podman, "exec", container, "cat", args.backend_key_file], capture_output=True, text=True, timeout=60, check=False)
+    key = run.stdout.strip().partition("VLLM_API_KEY=")[2]
+    if run.returncode != 0 or not key:
+        sys.exit("cannot read the instances' key %s on %s: %s" % (args.backend_key_file, container, run.stderr[-300:]))
+    return key
+
+
 def measure(container, host, ports, args):
     cfg = {
         "host": host,
         "ports": ports,
-        "key": args.key if container == args.gateway else "",
+        "key": args.key if container == args.gateway else backend_key(container, args),
         "model": args.model,
         "max_tokens": args.max_tokens,
         "ttft_requests": args.ttft_requests,
@@ -141,7 +150,8 @@ def main(argv=None):
     p.add_argument("--backend", default="gpu1", help="GPU server (container name) for the direct figures")
     p.add_argument("--backend-ports", default="8001", help="ports of vLLM instances on that server, comma-separated; the direct client takes them in turn")
     p.add_argument("--key", default="", help="API key of the gateway")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--backend-key-file", default="/etc/vllm/instance-api-key", help="the instances' key on the GPU server, for the direct figures")
+    p.add_argument("--model", default="tiny", help="the model both sides ask for (at a gateway of several models, the one the backend serves)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ttft-requests", type=int, default=10, help="streamed requests per round and side")
     p.add_argument("--max-tokens", type=int, default=16, help="tokens per streamed request")

@@ -75,7 +75,7 @@ def curl(*args):
     host = testinfra.get_host("podman://" + GATEWAY)
     out = host.run("curl -sS --max-time 60 -o /tmp/body -w '%%{http_code}' " + " ".join(["%s"] * len(args)) + " && echo && cat /tmp/body", *args)
     assert out.rc == 0, out.stderr
-    status, _, body = out.stdout.partition("\n")
+    status, body = out.stdout.split("\n", 1)
     return int(status), json.loads(body) if body.strip() else None
 
 
