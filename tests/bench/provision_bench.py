@@ -69,18 +69,8 @@ def start_fleet(n):
     podman("network", "create", EXT)
     podman("network", "create", "--internal", INT)
     common = ["run", "-d", "--systemd=always", "--cap-add", "SYS_ADMIN", "--shm-size=1g", "--label", LABEL]
-    podman(
-        *common,
-        "--name",
-        CACHE,
-        "--hostname",
-        CACHE,
-        "--network",
-        "%s,%s" % (EXT, INT),
-        "--volume",
-        "%s:/srv/upstream-wheels:ro" % (ROOT / ".cache/wheelhouse"),
-        IMAGE,
-    )
+    podman(*common, "--name", CACHE, "--hostname", CACHE, "--network", "%s,%s" % (EXT, INT),
+           "--volume", "%s:/srv/upstream-wheels:ro" % (ROOT / ".cache/wheelhouse"), IMAGE)
     gpus = ["bench-gpu%d" % i for i in range(1, n + 1)]
     for name in gpus:
         podman(*common, "--name", name, "--hostname", name, "--network", INT, IMAGE)
@@ -120,7 +110,8 @@ def inventory(tmp, gpus):
     url = "http://%s:8080" % CACHE
     data = {
         "all": {
-            "vars": {"ansible_connection": "podman_pipelined", "ansible_python_interpreter": "/usr/bin/python3", "gpufleet_serial": "100%"},
+            "vars": {"ansible_connection": "podman_pipelined", "ansible_python_interpreter": "/usr/bin/python3",
+                     "gpufleet_serial": "100%"},
             "children": {
                 "cache": {
                     "hosts": {CACHE: {}},
@@ -136,20 +127,11 @@ def inventory(tmp, gpus):
                 "gpu_servers": {
                     "hosts": {name: {} for name in gpus},
                     "vars": {
-                        "plan_model_config": model,
-                        "plan_gpu_profile": "h100-sxm",
-                        "plan_gpu_count": 1,
-                        "plan_max_model_len": 512,
-                        "plan_device": "cpu",
-                        "plan_dtype": "float32",
-                        "plan_served_model_name": "tiny",
-                        "plan_enforce_eager": True,
-                        "vllm_pip_index_url": url + "/pip/simple/",
-                        "vllm_pip_trusted_hosts": ["%s:8080" % CACHE],
-                        "vllm_pip_requirements_url": url + "/pip/requirements.txt",
-                        "vllm_model_source": "url",
-                        "vllm_model_url": url + "/models/tiny",
-                        "vllm_limit_nofile": 16384,
+                        "plan_model_config": model, "plan_gpu_profile": "h100-sxm", "plan_gpu_count": 1, "plan_max_model_len": 512,
+                        "plan_device": "cpu", "plan_dtype": "float32", "plan_served_model_name": "tiny", "plan_enforce_eager": True,
+                        "vllm_pip_index_url": url + "/pip/simple/", "vllm_pip_trusted_hosts": ["%s:8080" % CACHE],
+                        "vllm_pip_requirements_url": url + "/pip/requirements.txt", "vllm_model_source": "url",
+                        "vllm_model_url": url + "/models/tiny", "vllm_limit_nofile": 16384,
                         # No gateway host in the benchmark: each server's own nginx tier only.
                         "gateway_require_api_key": False,
                     },
@@ -166,17 +148,12 @@ def inventory(tmp, gpus):
 
 
 def site(inv, log):
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(Path(inv).parent / "facts"))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_CACHE_PLUGIN_CONNECTION=str(Path(inv).parent / "facts"))
     start = time.monotonic()
     with open(log, "w") as out:
-        run = subprocess.run(
-            [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(inv), str(ROOT / "site.yml")],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+        run = subprocess.run([str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(inv), str(ROOT / "site.yml")],
+                             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     wall = time.monotonic() - start
     text = Path(log).read_text()
     if run.returncode != 0:
@@ -220,9 +197,8 @@ def main():
     print("\nservers  outside MB  outside/N=%d  wall s  wall/N=%d  no-change re-run s (changed)" % (base["n"], base["n"]))
     for r in results:
         rerun = "%6.0f (%d)" % (r["rerun"], r["rerun_changed"]) if r["rerun"] is not None else "     -"
-        print(
-            "%7d  %10.1f  %11.3f  %6.0f  %8.2f  %s" % (r["n"], r["outside"] / 1e6, r["outside"] / base["outside"], r["wall"], r["wall"] / base["wall"], rerun)
-        )
+        print("%7d  %10.1f  %11.3f  %6.0f  %8.2f  %s" % (
+            r["n"], r["outside"] / 1e6, r["outside"] / base["outside"], r["wall"], r["wall"] / base["wall"], rerun))
 
 
 if __name__ == "__main__":

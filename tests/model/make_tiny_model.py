@@ -92,44 +92,22 @@ def make_model(out: Path, seed: int = 1234) -> Path:
     vocab = tok.get_vocab_size()
     ids = {t: tok.token_to_id(t) for t in SPECIAL}
     tok.save(str(out / "tokenizer.json"))
-    write_json(
-        out / "tokenizer_config.json",
-        {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "unk_token": "<unk>",
-            "pad_token": "<pad>",
-            "model_max_length": MAX_POSITIONS,
-            "clean_up_tokenization_spaces": False,
-            "chat_template": CHAT_TEMPLATE,
-        },
-    )
+    write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+        "model_max_length": MAX_POSITIONS, "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    })
     write_json(out / "special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"})
-    write_json(
-        out / "config.json",
-        {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": KV_HEADS,
-            "head_dim": HEAD_DIM,
-            "vocab_size": vocab,
-            "max_position_embeddings": MAX_POSITIONS,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "hidden_act": "silu",
-            "tie_word_embeddings": False,
-            "bos_token_id": ids["<s>"],
-            "eos_token_id": ids["</s>"],
-            "pad_token_id": ids["<pad>"],
-            "torch_dtype": "float32",
-            "initializer_range": 0.02,
-        },
-    )
+    write_json(out / "config.json", {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM,
+        "vocab_size": vocab, "max_position_embeddings": MAX_POSITIONS, "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+        "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"], "pad_token_id": ids["<pad>"],
+        "torch_dtype": "float32", "initializer_range": 0.02,
+    })
     write_json(out / "generation_config.json", {"bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"]})
     save_file(build_weights(seed, vocab), str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

@@ -290,16 +290,8 @@ def test_rate_limit_answers_429(gw):
 
 # Raw paths that normalise to an allowed one, or that vLLM would read as a
 # prefix of its own (/metrics/...), sent as they are (curl --path-as-is).
-RAW_PATHS = [
-    "/metrics/../v1/models",
-    "/metrics%2F..%2Fv1%2Fmodels",
-    "/metrics/%2e%2e/v1/models",
-    "//v1/models",
-    "/v1//models",
-    "/v1/./models",
-    "/v1/models/..",
-    "/metrics%5c..%5cv1%5cmodels",
-]
+RAW_PATHS = ["/metrics/../v1/models", "/metrics%2F..%2Fv1%2Fmodels", "/metrics/%2e%2e/v1/models", "//v1/models",
+             "/v1//models", "/v1/./models", "/v1/models/..", "/metrics%5c..%5cv1%5cmodels"]
 
 
 @pytest.mark.parametrize("path", RAW_PATHS)

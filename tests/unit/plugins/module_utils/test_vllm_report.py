@@ -49,8 +49,8 @@ METRICS = (
 # HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
 # TYPE vllm:cache_config_info gauge
 """
-    + 'vllm:cache_config_info{block_size="16",cache_dtype="auto",calculate_kv_scales="False",enable_prefix_caching="True",gpu_me'
-    + 'mory_utilization="0.9",num_cpu_blocks="None",num_gpu_blocks="1851",swap_space="4"} 1.0\n'
+    + "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",calculate_kv_scales=\"False\",enable_prefix_caching=\"True\",gpu_me"
+    + "mory_utilization=\"0.9\",num_cpu_blocks=\"None\",num_gpu_blocks=\"1851\",swap_space=\"4\"} 1.0\n"
     + """\
 vllm:num_requests_running{engine="0",model_name="tiny"} 0.0
 """
