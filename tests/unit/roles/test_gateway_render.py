@@ -681,3 +681,22 @@ def test_a_given_backend_names_its_model():
     given = [{"address": "10.0.0.30", "model": "org/large-1"}, {"address": "10.0.0.31", "model": "small"}]
     text = routed(gateway_backends=given)
     assert "10.0.0.31" in blocks(text, "upstream gpufleet_fleet_1")[0] and "10.0.0.30" in blocks(text, "upstream gpufleet_fleet_2")[0]
+
+
+@pytest.mark.parametrize(
+    ("answer", "routed", "ready"),
+    [
+        ({"status": 200}, False, True),
+        ({"status": 503, "json": {"status": "unavailable", "upstream": "gpufleet_fleet"}}, False, False),
+        ({"status": 503, "json": {"status": "unavailable", "models": {"small": "ok", "org/large-1": "unavailable"}}}, True, True),
+        ({"status": 503, "json": {"status": "unavailable", "models": {"small": "unavailable"}}}, True, False),
+        ({"status": 503}, True, False),
+        ({"status": 200, "json": {"status": "ok", "models": {"small": "ok"}}}, True, True),
+    ],
+)
+def test_a_fleet_gateway_of_several_models_is_ready_with_one_model_in_service(answer, routed, ready):
+    """A new fleet's models come up batch by batch: one model in service is enough for the role's readiness wait."""
+    task = next(t for t in load("tasks/ready.yml") if t["register"] == "__gateway_fleet_health")
+    assert task["ansible.builtin.uri"]["status_code"] == [200, 503]
+    engine = Templar(loader=LOADER, variables={"__gateway_fleet_health": answer, "_gateway_routed": routed})
+    assert holds(engine, task["until"]) is ready
