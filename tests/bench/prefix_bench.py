@@ -135,7 +135,7 @@ def prefix_counters(args, instances):
     for server, port in instances:
         text = podman(args, server, "curl", "-sS", "--max-time", "30", "http://127.0.0.1:%d/metrics" % port)
         for line in text.splitlines():
-            name, _, value = line.rpartition(" ")
+            name, value = line.rpartition(" ")[0::2]
             if name.startswith("vllm:prefix_cache_hits_total{"):
                 hits += float(value)
             elif name.startswith("vllm:prefix_cache_queries_total{"):
