@@ -13,13 +13,14 @@ short_description: Check gpufleet_models, the models a fleet serves, and place a
 version_added: 0.5.0
 author: gpufleet.serving contributors (@gpufleet)
 description:
-  - O(_input) is C(gpufleet_models), a list of C({name, group}) (empty - one model for the whole fleet).
+  - O(_input) is C(gpufleet_models), a list of C({name, group, balance}) (empty - one model for the whole fleet).
   - With O(host), the problems of the list and of that GPU server's place in it (in exactly one model's group;
     O(served_name) empty or the model's name) - the plan role's check.
   - With O(server_hosts), the problems for the fleet as a whole (every GPU server in exactly one model's group,
     every model with a server) - the gateway role's check on a fleet gateway.
-  - With O(want=name), the served name of O(host)'s model (empty when there is none).
-  - With O(want=pools), the fleet tier's pools of O(backends) - C([{model, backends}]) in the list's order, one pool of
+  - With O(want=name), the served name of O(host)'s model (empty when there is none); with O(want=balance), its
+    C(balance) (empty when it has none of its own).
+  - With O(want=pools), the fleet tier's pools of O(backends) - C([{model, backends, balance}]) in the list's order, one pool of
     every backend (model empty) without models; with O(want=pool_problems), why O(backends) cannot be pooled (a
     backend of C(gateway_backends) without a C(model) of the list, or a GPU server in no model's group).
   - Returns a list of sentences, empty when all is well, the name, or the pools.
@@ -58,7 +59,7 @@ options:
     description: What to return.
     type: str
     default: problems
-    choices: [problems, name, pools, pool_problems]
+    choices: [problems, name, balance, pools, pool_problems]
 """
 
 EXAMPLES = r"""
@@ -72,16 +73,18 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: The problems (sentences naming what to change), or with O(want=name) the served name.
+  description: The problems (sentences naming what to change), or with O(want=name) the served name, with O(want=balance) the balance.
   type: raw
 """
 
 
 def fleet_models_filter(models, groups, host="", served_name="", server_hosts=None, server_group="gpu_servers", backends=None, want="problems"):
-    if want not in ("problems", "name", "pools", "pool_problems"):
-        raise AnsibleFilterError("fleet_models: want must be problems, name, pools or pool_problems, not %r" % (want,))
+    if want not in ("problems", "name", "balance", "pools", "pool_problems"):
+        raise AnsibleFilterError("fleet_models: want must be problems, name, balance, pools or pool_problems, not %r" % (want,))
     if want == "name":
         return fleet_models.model_name(host, models or [], groups or {})
+    if want == "balance":
+        return fleet_models.model_balance(host, models or [], groups or {})
     if want in ("pools", "pool_problems"):
         if not isinstance(backends, list):
             raise AnsibleFilterError("fleet_models: want=%s needs backends, a list of the fleet tier's backends" % want)

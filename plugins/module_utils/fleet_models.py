@@ -31,7 +31,10 @@ from collections.abc import Mapping, Sequence
 from ansible_collections.gpufleet.serving.plugins.module_utils.role_inputs import GROUP_RE, MODEL_NAME_RE
 
 MAX_MODELS = 64
-FIELDS = ("name", "group")
+FIELDS = ("name", "group", "balance")
+# How the fleet tier spreads a model's requests over its pool: the gateways' gateway_balance (absent), one of
+# nginx's (least_conn, round_robin, hash_header), or vLLM's router with its prefix-cache-aware policy.
+BALANCES = ("least_conn", "round_robin", "hash_header", "cache_aware")
 # How many hosts a message names before "and N more".
 SHOWN_HOSTS = 5
 
@@ -49,12 +52,14 @@ def _entry_problems(index, entry):
     problems = []
     extra = sorted(str(k)[:40] for k in entry if k not in FIELDS)
     if extra:
-        problems.append("%s has fields this collection does not read: %s (a model has name and group)" % (where, ", ".join(extra[:5])))
+        problems.append("%s has fields this collection does not read: %s (a model has name, group and balance)" % (where, ", ".join(extra[:5])))
     name, group = entry.get("name"), entry.get("group")
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name) or ".." in name:
         problems.append("%s.name is %s: set the name clients send, of letters, digits and . _ : @ + - (one '/' at most, no '..')" % (where, repr(name)[:60]))
     if not isinstance(group, str) or not GROUP_RE.match(group):
         problems.append("%s.group is %s: set an inventory group name (letters, digits, _)" % (where, repr(group)[:60]))
+    if "balance" in entry and entry["balance"] not in BALANCES:
+        problems.append("%s.balance is %s: set one of %s, or leave it out for gateway_balance" % (where, repr(entry["balance"])[:60], ", ".join(BALANCES)))
     return problems
 
 
@@ -125,6 +130,13 @@ def model_name(host, models, groups):
     return mine[0]["name"] if len(mine) == 1 else ""
 
 
+def model_balance(host, models, groups):
+    """The balance of host's model ('' when it has none of its own, or gpufleet_models does not place the host once)."""
+    entries, problems = _listed(models)
+    mine = models_of(host, entries, groups) if not problems else []
+    return mine[0].get("balance", "") if len(mine) == 1 else ""
+
+
 def fleet_problems(models, groups, server_hosts, server_group="gpu_servers"):
     """The problems of gpufleet_models for the fleet as a whole (a fleet gateway's check)."""
     entries, problems = _listed(models)
@@ -174,4 +186,4 @@ def pools(backend_list, models, groups):
         if model not in grouped:
             raise ValueError("the GPU server %s has no model of gpufleet_models (%s)" % (backend["name"], repr(model)[:60] if model else "in no model's group"))
         grouped[model].append(backend)
-    return [{"model": name, "backends": grouped[name]} for name in names]
+    return [{"model": m["name"], "backends": grouped[m["name"]], "balance": m.get("balance", "")} for m in entries]

@@ -69,6 +69,21 @@ FLEET_UPSTREAM = "gpufleet_fleet"
 ROUTER_IMPORT = "gpufleet"
 # What /v1/models and /health subrequests of the router may bring back from one pool.
 ROUTER_REPLY_BUFFER = "64k"
+# A pool with `balance: cache_aware` (gpufleet_models) is served by vLLM's own router (vllm-router, PyPI):
+# the fleet tier's upstream of that model is the router on loopback, and the router's workers are the
+# pool's instances, each reached through an upstream of the fleet tier (so that a drained GPU server is
+# `down` for the router too) and the server tier's route to that one instance (so that a drained or
+# fenced instance is `down` there).
+CACHE_AWARE = "cache_aware"
+# The server tier's route to one instance (the routers' workers), and the fleet tier's loopback route to
+# one worker's upstream.
+INSTANCE_PREFIX = "/_gpufleet/instance/"
+WORKER_PREFIX = "/_gpufleet/worker/"
+# vLLM's endpoints that turn a request into its tokens (registered by --enable-scale-out), which the
+# router asks every worker before it picks one.
+RENDER_PATHS = {"/v1/completions": "/v1/completions/render", "/v1/chat/completions": "/v1/chat/completions/render"}
+ROUTER_UNIT = "gpufleet-router-%d"
+BALANCES = ("least_conn", "round_robin", "hash_header")
 
 
 class GatewayLayoutError(ValueError):
@@ -154,6 +169,30 @@ def _upstream_host(address):
 def local_servers(instances):
     """The server tier's upstream: every instance on loopback."""
     return [{"host": "127.0.0.1", "port": i["port"], "weight": 1, "comment": "vllm@%s" % i["name"], "label": str(i["name"]), "down": False} for i in instances]
+
+
+def instance_upstream(name):
+    """The server tier's upstream of one instance alone (local-servers.conf), which its route proxies to."""
+    return "gpufleet_instance_%s" % name
+
+
+def worker_paths(paths):
+    """What the route to one instance forwards: /health, the forwarded paths and the render endpoints of
+    the completion paths among them."""
+    out = ["/health"]
+    for path in paths:
+        out.append(path)
+        if path in RENDER_PATHS:
+            out.append(RENDER_PATHS[path])
+    return _unique(out)
+
+
+def instance_routes(instances, paths):
+    """The server tier's routes to each instance alone: /_gpufleet/instance/<name>/<path>, for the routers."""
+    return [
+        {"name": str(i["name"]), "upstream": instance_upstream(i["name"]), "prefix": "%s%s" % (INSTANCE_PREFIX, i["name"]), "paths": worker_paths(paths)}
+        for i in instances
+    ]
 
 
 def fleet_servers(backend_list, resolved):
@@ -243,20 +282,95 @@ def _server_tier(settings, context):
         "auth_file": context["files"]["instance_auth"],
         "error_pages": _pages(context["error_pages"], "server"),
         "locations": locations(context["paths"], "gpufleet_local"),
+        "instance_routes": instance_routes(context["instances"], context["paths"]),
     }
 
 
-def _fleet_upstreams(settings, context):
-    """One upstream per pool (context["pools"]: [{model, backends}], fleet_models.pools); without pools, one
-    upstream of every backend. A single upstream keeps the name gpufleet_fleet."""
-    pools = context.get("pools") or [{"model": "", "backends": context["backends"]}]
+def _pool_workers(index, pool, settings, context):
+    """The router's workers of a cache-aware pool: one fleet-tier upstream per instance of each GPU server,
+    [{name, servers, path, prefix, url, ...}]; context["backend_instances"] maps a server to its instances' names."""
+    known = context.get("backend_instances") or {}
     out = []
+    for backend in pool["backends"]:
+        for instance in known.get(backend["name"]) or []:
+            name = "gpufleet_worker_%d_%d" % (index, len(out) + 1)
+            servers = fleet_servers([backend], context["resolved"])
+            for server in servers:
+                server["comment"] = "%s vllm@%s" % (server["comment"], instance)
+            upstream = _upstream(name, servers, settings["gateway_server_keepalive_timeout"], settings)
+            upstream.update(
+                {
+                    "balance": "round_robin",
+                    "server_name": backend["name"],
+                    "instance": str(instance),
+                    "path": "%s%s/" % (INSTANCE_PREFIX, instance),
+                    "prefix": "%s%s/" % (WORKER_PREFIX, name),
+                    "url": "http://127.0.0.1:%d%s%s" % (settings["gateway_router_worker_port"], WORKER_PREFIX, name),
+                }
+            )
+            out.append(upstream)
+    return out
+
+
+def _cache_router(index, upstream, workers, settings):
+    """The vllm-router of a cache-aware pool: its unit, its loopback ports and its workers' URLs."""
+    port = int(settings["gateway_router_port"]) + 2 * (index - 1)
+    timeout = _nginx_seconds(settings["gateway_read_timeout"])
+    return {
+        "unit": ROUTER_UNIT % index,
+        "model": upstream["model"],
+        "upstream": upstream["name"],
+        "port": port,
+        "metrics_port": port + 1,
+        "policy": CACHE_AWARE,
+        "workers": [w["url"] for w in workers],
+        "health_interval": int(settings["gateway_router_health_interval"]),
+        "request_timeout": max(1, math.ceil(timeout)),
+    }
+
+
+def _nginx_seconds(value):
+    """An nginx time (300s, 5m, 1500ms, 30) in seconds."""
+    match = re.fullmatch(r"([0-9]+)(ms|s|m|h|d)?", str(value).strip())
+    if not match:
+        raise GatewayLayoutError("%s is not an nginx time" % repr(value)[:40])
+    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[match.group(2)]
+
+
+def _fleet_upstreams(settings, context):
+    """(upstreams, workers): one upstream per pool (context["pools"]: [{model, backends, balance}],
+    fleet_models.pools; without pools, one upstream of every backend), and the routers' worker upstreams of
+    the cache-aware pools. A single upstream keeps the name gpufleet_fleet; a cache-aware pool's upstream
+    is its router on loopback (label router:<upstream>, which no drain names)."""
+    pools = context.get("pools") or [{"model": "", "backends": context["backends"]}]
+    out, all_workers = [], []
     for index, pool in enumerate(pools, 1):
         name = FLEET_UPSTREAM if len(pools) == 1 else "%s_%d" % (FLEET_UPSTREAM, index)
-        upstream = _upstream(name, fleet_servers(pool["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings)
+        balance = pool.get("balance") or settings["gateway_balance"]
+        if balance == CACHE_AWARE:
+            upstream = _upstream(name, [], settings["gateway_server_keepalive_timeout"], settings)
+            workers = _pool_workers(index, pool, settings, context)
+            router = _cache_router(index, dict(upstream, model=pool["model"]), workers, settings)
+            upstream["servers"] = [
+                {
+                    "host": "127.0.0.1",
+                    "port": router["port"],
+                    "weight": 1,
+                    "comment": "vllm-router of %s (%s)" % (pool["model"] or "the fleet", router["unit"]),
+                    "label": "router:%s" % name,
+                    "down": False,
+                }
+            ]
+            upstream["balance"] = "round_robin"
+            upstream["cache_router"] = router
+            all_workers += workers
+        else:
+            upstream = _upstream(name, fleet_servers(pool["backends"], context["resolved"]), settings["gateway_server_keepalive_timeout"], settings)
+            upstream["balance"] = balance
+            upstream["cache_router"] = None
         upstream["model"] = pool["model"]
         out.append(upstream)
-    return out
+    return out, all_workers
 
 
 def _router(settings, context, upstreams):
@@ -288,11 +402,14 @@ def _fleet_tier(settings, context):
     check_keys, limited = bool(context["check_keys"]), len(settings["gateway_rate_limit"]) > 0
     health_names = [b["address"] for b in context["backends"]] + list(context["peers"])
     tls = context["tls"]
-    upstreams = _fleet_upstreams(settings, context)
+    upstreams, workers = _fleet_upstreams(settings, context)
     router = _router(settings, context, upstreams)
     return {
         "upstreams": upstreams,
         "router": router,
+        "workers": workers,
+        "worker_port": settings["gateway_router_worker_port"] if workers else None,
+        "cache_routers": [u["cache_router"] for u in upstreams if u["cache_router"]],
         "next_upstream": FLEET_NEXT_UPSTREAM,
         "request_buffering": True,
         "body_buffer": FLEET_BODY_BUFFER,
@@ -331,7 +448,7 @@ def site_model(settings, context):
     """
     try:
         header = settings["gateway_hash_header"]
-        return {
+        model = {
             "version": MODEL_VERSION,
             "host": context["host"],
             "balance": settings["gateway_balance"],
@@ -346,6 +463,10 @@ def site_model(settings, context):
             "server": _server_tier(settings, context) if context["is_server"] else None,
             "fleet": _fleet_tier(settings, context) if context["is_fleet"] else None,
         }
+        # The affinity map, wherever an upstream hashes on the header.
+        upstreams = (model["fleet"] or {}).get("upstreams") or []
+        model["affinity"] = model["balance"] == "hash_header" or any(u["balance"] == "hash_header" for u in upstreams)
+        return model
     except KeyError as exc:
         raise GatewayLayoutError("the site model needs %s, which the caller did not pass" % exc) from None
     except (TypeError, ValueError, AttributeError) as exc:
@@ -421,19 +542,24 @@ def parse_drained(value):
 
 
 def _tier_upstreams(part):
-    """The upstreams of a tier's part of the model: the server tier's one, the fleet tier's one per model
-    (None when the part has none that is a mapping)."""
+    """The upstreams of a tier's part of the model: the server tier's one, the fleet tier's one per model and
+    its routers' worker upstreams (None when the part has none that is a mapping)."""
     found = part.get("upstreams") if "upstreams" in part else [part.get("upstream")]
-    if not isinstance(found, list) or not found or not all(isinstance(u, Mapping) for u in found):
+    workers = part.get("workers") or []
+    if not isinstance(found, list) or not found or not isinstance(workers, list):
+        return None
+    found = found + workers
+    if not all(isinstance(u, Mapping) for u in found):
         return None
     return found
 
 
 def _labels(model, tier):
+    """The names a drain may give in a tier: its upstream servers' labels (a router's label is no name)."""
     part = model.get(tier) if isinstance(model, Mapping) else None
     if not part:
         return []
-    return _unique([s["label"] for u in _tier_upstreams(part) for s in u["servers"]])
+    return _unique([s["label"] for u in _tier_upstreams(part) for s in u["servers"] if _NAME_RE.match(s["label"])])
 
 
 def apply_drained(model, drained):
@@ -450,7 +576,8 @@ def apply_drained(model, drained):
             part = dict(model[tier])
             upstreams = [dict(u, servers=[dict(s, down=s["label"] in names) for s in u["servers"]]) for u in _tier_upstreams(part)]
             if "upstreams" in part:
-                part["upstreams"] = upstreams
+                count = len(part["upstreams"])
+                part["upstreams"], part["workers"] = upstreams[:count], upstreams[count:]
             else:
                 part["upstream"] = upstreams[0]
             marked[tier] = part
@@ -574,13 +701,27 @@ def _server_line(server, upstream, down):
     )
 
 
+def _balance_line(balance):
+    if balance not in BALANCES:
+        raise GatewayLayoutError("the site model's server tier balances with %s, not one of %s" % (repr(balance)[:40], ", ".join(BALANCES)))
+    return {"least_conn": ["    least_conn;"], "hash_header": ["    hash $gpufleet_affinity consistent;"], "round_robin": []}[balance]
+
+
+def _block(name, balance_lines, server_lines, upstream):
+    keepalive = _int_in(upstream.get("keepalive"), 1, 100000, "keepalive")
+    timeout = _int_in(upstream.get("keepalive_timeout"), 1, 3600, "keepalive_timeout")
+    return ["upstream %s {" % name, *balance_lines, *server_lines, "    keepalive %d;" % keepalive, "    keepalive_timeout %ds;" % timeout, "}"]
+
+
 def local_servers_conf(model, drained, fenced):
-    """The text of the server tier's include file (LOCAL_SERVERS_FILE): one `server` line per instance.
+    """The text of the server tier's include file (LOCAL_SERVERS_FILE), included in nginx's http block:
+    upstream gpufleet_local with one `server` line per instance, then one upstream per instance alone
+    (gpufleet_instance_<name>, which the route to that instance proxies to: the routers' workers).
 
     model: a site model (site_model, or load_model's result); drained: a drained set (parse_drained's
-    first result); fenced: instance names (parse_fenced's first result). An instance is `down` when its
-    name is in the drained set's server tier or in `fenced`. Raises GatewayLayoutError when the model has
-    no server tier or holds a value an nginx line cannot take.
+    first result); fenced: instance names (parse_fenced's first result). An instance is `down` in both
+    blocks when its name is in the drained set's server tier or in `fenced`. Raises GatewayLayoutError when
+    the model has no server tier or holds a value an nginx line cannot take.
     """
     part = model.get("server") if isinstance(model, Mapping) else None
     upstream = part.get("upstream") if isinstance(part, Mapping) else None
@@ -592,13 +733,16 @@ def local_servers_conf(model, drained, fenced):
     if len(servers) > MAX_DRAINED:
         raise GatewayLayoutError("the site model's server tier has more than %d upstream servers" % MAX_DRAINED)
     down = _checked_names(drained.get("server") or [], "the drained set's server tier") | _checked_names(fenced, "the fenced set")
-    lines = [
-        "# gpufleet.serving: this GPU server's vLLM instances, included in upstream gpufleet_local.",
-        "# Written by the gateway role and by the watchdog (gateway_layout.local_servers_conf); down: drained or fenced.",
-    ]
+    lines, alone = [], []
     for server in servers:
         label = server.get("label") if isinstance(server, Mapping) else None
         if not isinstance(label, str) or not _NAME_RE.match(label):
             raise GatewayLayoutError("the site model's server tier has an instance name %s, not a name" % repr(label)[:70])
-        lines.append(_server_line(server, upstream, label in down))
-    return "\n".join(lines) + "\n"
+        line = _server_line(server, upstream, label in down)
+        lines.append(line)
+        alone += ["", *_block(instance_upstream(label), [], [line], upstream)]
+    head = [
+        "# gpufleet.serving: this GPU server's vLLM instances, included in nginx's http block by the gateway's site file.",
+        "# Written by the gateway role and by the watchdog (gateway_layout.local_servers_conf); down: drained or fenced.",
+    ]
+    return "\n".join(head + _block("gpufleet_local", _balance_line(upstream.get("balance")), lines, upstream) + alone) + "\n"

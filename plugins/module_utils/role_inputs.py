@@ -481,6 +481,14 @@ SCHEMAS = {
         "gateway_server_keepalive_timeout": integer(1, 3600),
         "gateway_balance": one_of("least_conn", "round_robin", "hash_header"),
         "gateway_hash_header": pattern(HEADER_RE, "an HTTP header name of letters, digits and '-'"),
+        "gateway_router_package": pattern(PIP_PIN_RE, "a pinned pip requirement such as vllm-router==0.1.17"),
+        "gateway_router_pip_index_url": url("http", "https", empty=True),
+        "gateway_router_pip_find_links": url_or_path,
+        "gateway_router_pip_no_index": boolean,
+        "gateway_router_pip_trusted_hosts": list_of(host_port, max_items=16),
+        "gateway_router_port": port(1024),
+        "gateway_router_worker_port": port(1024),
+        "gateway_router_health_interval": integer(1, 3600),
         "gateway_keepalive_connections": integer(1, 100000),
         "gateway_max_fails": integer(0, 1000),
         "gateway_fail_timeout": integer(1, 86400),
@@ -695,10 +703,27 @@ def _seconds(values, key):
     return int(match.group(1)) * TIME_UNITS[match.group(2)] if match else None
 
 
+def _router_ports(values, ports, problems):
+    """The routers' loopback ports (gateway_router_port and the ports above it, two per cache-aware model,
+    gateway_layout._cache_router; gateway_router_worker_port) clash with no port of the gateway."""
+    worker, router = _int(values, "gateway_router_worker_port"), _int(values, "gateway_router_port")
+    if worker is None or router is None:
+        return
+    clash = sorted(key for key, port in ports.items() if port is not None and port in (worker, router, router + 1))
+    if worker in (router, router + 1):
+        clash.append("gateway_router_worker_port")
+    if clash:
+        problems.append(
+            "gateway_router_port (%d and the ports above it, two per cache-aware model) and gateway_router_worker_port (%d) must not be the "
+            "port of %s: choose free loopback ports." % (router, worker, ", ".join(clash))
+        )
+
+
 def _gateway_cross(values, problems):
     ports = {key: _int(values, key) for key in ("gateway_server_port", "gateway_http_port", "gateway_https_port")}
     if ports["gateway_http_port"] is not None and ports["gateway_http_port"] == ports["gateway_https_port"]:
         problems.append("gateway_http_port and gateway_https_port must differ (both are %d)." % ports["gateway_http_port"])
+    _router_ports(values, ports, problems)
     retry, read = _seconds(values, "gateway_next_upstream_timeout"), _seconds(values, "gateway_read_timeout")
     if retry is not None and read is not None and retry >= read:
         problems.append(

@@ -45,6 +45,7 @@ DEFAULT_SETTINGS = {
     "cpu_bind_cores": False,
     "allreduce_multicast": False,
     "allow_remote_host": False,
+    "scale_out": False,
 }
 SETTING_NAMES = tuple(DEFAULT_SETTINGS)
 
@@ -74,6 +75,7 @@ PLANNED_ARGS = {
     "--max-num-seqs": "{p}max_num_seqs",
     "--enforce-eager": "{p}enforce_eager",
     "--shutdown-timeout": "{p}shutdown_timeout_sec",
+    "--enable-scale-out": "balance cache_aware of the model in gpufleet_models (vLLM's router needs its render endpoints)",
 }
 # Environment variables the plan sets; extra_env must not change them.
 PLANNED_ENV = {
@@ -192,7 +194,7 @@ def check_settings(settings, prefix=""):
             "%smodel_path must be an absolute path on the server of letters, digits and . _ + @ / - (no whitespace, quotes, control "
             "characters or '..' part), not %r" % (prefix, path),
         )
-    for key in ("enforce_eager", "cpu_bind_cores", "allreduce_multicast", "allow_remote_host"):
+    for key in ("enforce_eager", "cpu_bind_cores", "allreduce_multicast", "allow_remote_host", "scale_out"):
         if not isinstance(out[key], bool):
             raise LaunchError(key, "%s%s must be true or false, not %r" % (prefix, key, out[key]))
     host = out["host"]
@@ -358,6 +360,10 @@ def instance_argv(plan, instance, settings):
         argv += ["--shutdown-timeout", str(settings["shutdown_timeout_sec"])]
     if multicast_off(plan, settings):
         argv += list(NO_MULTICAST_ARGS)
+    if settings["scale_out"]:
+        # The render endpoints (/v1/completions/render, /v1/chat/completions/render) that vLLM's router
+        # (a cache-aware pool of the fleet tier) asks before it picks an instance.
+        argv.append("--enable-scale-out")
     return argv + list(settings["extra_args"])
 
 

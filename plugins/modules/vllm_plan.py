@@ -230,6 +230,13 @@ options:
             nothing changes.
         type: bool
         default: false
+      scale_out:
+        description:
+          - Start vLLM with C(--enable-scale-out), which registers its render endpoints (C(/v1/completions/render),
+            C(/v1/chat/completions/render)) that vLLM's router asks before it picks an instance.
+          - The plan role sets it for a server whose model has C(balance=cache_aware) in C(gpufleet_models).
+        type: bool
+        default: false
   variable_prefix:
     description:
       - Prefix of the setting names in the messages of a refused launch (the C(gpufleet.serving.plan) role passes
@@ -494,6 +501,7 @@ LAUNCH_SPEC = dict(
     cpu_bind_cores=dict(type="bool", default=DEFAULT_SETTINGS["cpu_bind_cores"]),
     allreduce_multicast=dict(type="bool", default=DEFAULT_SETTINGS["allreduce_multicast"]),
     allow_remote_host=dict(type="bool", default=DEFAULT_SETTINGS["allow_remote_host"]),
+    scale_out=dict(type="bool", default=DEFAULT_SETTINGS["scale_out"]),
 )
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{0,32}$")
 

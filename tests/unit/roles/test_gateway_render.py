@@ -76,7 +76,7 @@ def host_lists(host, values, groups):
     return is_server, is_fleet, hosts
 
 
-def model(host, groups=None, instances="dp", drained=None, instance_key="", models=(), **overrides):
+def model(host, groups=None, instances="dp", drained=None, instance_key="", models=(), backend_instances=None, **overrides):
     """gateway_drained(gateway_site_model(...)) as tasks/configure.yml gets it on `host` (models: gpufleet_models)."""
     groups = groups or GROUPS
     values = settings(host, **overrides)
@@ -93,6 +93,7 @@ def model(host, groups=None, instances="dp", drained=None, instance_key="", mode
         "instances": INSTANCES[instances],
         "backends": hosts["backends"],
         "pools": fleet_models_filter(list(models), groups, backends=hosts["backends"], want="pools") if is_fleet else [],
+        "backend_instances": backend_instances or {},
         "peers": hosts["peers"],
         "resolved": RESOLVED,
         "paths": paths,
@@ -133,7 +134,7 @@ def expanded(host, fenced=None, **kwargs):
     text = conf(host, **kwargs)
     if "include %s;" % LOCAL_SERVERS not in text:
         return text
-    return text.replace("    include %s;\n" % LOCAL_SERVERS, local_servers(host, fenced, **kwargs))
+    return text.replace("include %s;\n" % LOCAL_SERVERS, local_servers(host, fenced, **kwargs))
 
 
 def macro_upstream(upstream):
@@ -156,6 +157,8 @@ def role_vars(host, groups=None, instances="dp", **overrides):
         _gateway_instances=INSTANCES[instances],
         _gateway_plan_source="gateway_plan",
         _gateway_resolved=RESOLVED,
+        # fleet_models' pools (one, of every server, without gpufleet_models); no cache-aware model.
+        _gateway_pools=[{"model": "", "backends": [], "balance": ""}],
         role_path=str(ROLE),
         ansible_managed="Ansible managed",
         ansible_check_mode=False,
@@ -221,10 +224,9 @@ def test_managed_header_first_and_braces_balance(host):
 
 def test_server_tier_over_loopback_instances_open_to_gateways_only():
     text = conf("gpu1", gateway_api_keys=KEYS)
-    (upstream,) = blocks(text, "upstream gpufleet_local")
-    # The server lines are the include's, which the role and the watchdog write.
-    assert "include /etc/nginx/gpufleet/local-servers.conf;" in upstream and "server " not in upstream
-    assert upstream.index("least_conn;") < upstream.index("include ") < upstream.index("keepalive 32;")
+    # The upstreams are the include's (at http level), which the role and the watchdog write.
+    assert not blocks(text, "upstream gpufleet_local")
+    assert "\ninclude /etc/nginx/gpufleet/local-servers.conf;\n" in text
     (upstream,) = blocks(expanded("gpu1", gateway_api_keys=KEYS), "upstream gpufleet_local")
     assert re.findall(r"server (\S+) ", upstream) == ["127.0.0.1:8001", "127.0.0.1:8002"]
     assert "least_conn;" in upstream and "keepalive 32;" in upstream
@@ -398,7 +400,7 @@ def test_tls_listens_with_the_certificate():
 
 def test_host_in_both_groups_runs_both_tiers():
     groups = {"gpu_servers": ["gpu1"], "gateways": ["gpu1"]}
-    text = conf("gpu1", groups=groups, gateway_api_keys=KEYS)
+    text = expanded("gpu1", groups=groups, gateway_api_keys=KEYS)
     assert len(blocks(text, "upstream gpufleet_local")) == 1 and len(blocks(text, "upstream gpufleet_fleet")) == 1
     assert server_block(text, 8000) and server_block(text, 80)
 
@@ -478,7 +480,8 @@ def test_a_drained_server_is_the_one_line_marked_down(host, tier, name, expected
     assert result["problems"] == [] and result["kept"][tier] == [name]
     drained = expanded(host, drained=drained_set)
     changed = [line.strip() for a, line in zip(serving.splitlines(), drained.splitlines()) if a != line]
-    assert len(changed) == 1 and changed[0].startswith(expected_line), changed
+    # A server tier's instance is marked in gpufleet_local and in its own upstream (the routers' route to it).
+    assert len(changed) == (2 if tier == "server" else 1) and all(c.startswith(expected_line) for c in changed), changed
     assert len(serving.splitlines()) == len(drained.splitlines())
     # Reset (gateway_undrain_all) gives back the file without marks.
     reset = gateway_drained(drained_set, model(host)["model"], True)
@@ -494,11 +497,12 @@ FENCED = json.dumps({"version": 1, "fenced": {"0": {"since": 1764590000.5, "reas
 def test_fenced_and_drained_instances_are_down_in_the_include_only():
     """A fenced instance is down like a drained one; the site file does not change with either."""
     plain = local_servers("gpu1")
-    assert re.findall(r"^    server (\S+) (down )?", plain, re.M) == [("127.0.0.1:8001", ""), ("127.0.0.1:8002", "")]
+    # Each instance in gpufleet_local, then alone in its own upstream.
+    assert re.findall(r"^    server (\S+) (down )?", plain, re.M) == [("127.0.0.1:8001", ""), ("127.0.0.1:8002", "")] * 2
     fenced = local_servers("gpu1", FENCED)
-    assert [line for line in fenced.splitlines() if " down " in line] == ["    server 127.0.0.1:8001 down max_fails=2 fail_timeout=10s;  # vllm@0"]
+    assert [line for line in fenced.splitlines() if " down " in line] == ["    server 127.0.0.1:8001 down max_fails=2 fail_timeout=10s;  # vllm@0"] * 2
     both = local_servers("gpu1", FENCED, drained={"version": 1, "server": ["1"], "fleet": []})
-    assert len([line for line in both.splitlines() if " down " in line]) == 2
+    assert len([line for line in both.splitlines() if " down " in line]) == 4
     assert conf("gpu1", drained={"version": 1, "server": ["1"], "fleet": []}) == conf("gpu1")
     # Drained and fenced at once is still one mark.
     assert local_servers("gpu1", FENCED, drained={"version": 1, "server": ["0"], "fleet": []}) == fenced
@@ -512,9 +516,10 @@ def test_fenced_and_drained_instances_are_down_in_the_include_only():
 def test_include_prints_what_the_upstream_macro_printed(instances, drained, balance):
     """local_servers_conf's server lines are the text the upstream macro prints for the same model."""
     state = model("gpu1", instances=instances, drained={"version": 1, "server": drained, "fleet": []}, gateway_balance=balance, gateway_max_fails=5)
-    upstream = state["model"]["server"]["upstream"]
-    by_macro = [line for line in macro_upstream(upstream).splitlines() if line.startswith("    server ")]
-    by_python = [line for line in gateway_local_servers(state["model"], state["drained"], []).splitlines() if not line.startswith("#")]
+    upstream = dict(state["model"]["server"]["upstream"], servers_file="")
+    by_macro = [line for line in macro_upstream(upstream).splitlines() if line.strip() and not line.startswith("#")]
+    text = gateway_local_servers(state["model"], state["drained"], [])
+    by_python = [*text[text.index("upstream gpufleet_local {") :].split("\n}\n")[0].splitlines(), "}"]
     assert by_macro and by_python == by_macro
 
 
@@ -700,3 +705,87 @@ def test_a_fleet_gateway_of_several_models_is_ready_with_one_model_in_service(an
     assert task["ansible.builtin.uri"]["status_code"] == [200, 503]
     engine = Templar(loader=LOADER, variables={"__gateway_fleet_health": answer, "_gateway_routed": routed})
     assert holds(engine, task["until"]) is ready
+
+
+# --- cache-aware models (vLLM's router) ------------------------------------------------------
+CACHE_MODELS = [{"name": "small", "group": "model_small", "balance": "cache_aware"}, {"name": "org/large-1", "group": "model_large"}]
+PLANNED = {"gpu1": ["0", "1"], "gpu2": ["main"]}
+
+
+def cache_state(**overrides):
+    return model("gw1", groups=MODEL_GROUPS, models=CACHE_MODELS, backend_instances=PLANNED, gateway_api_keys=KEYS, **overrides)
+
+
+def test_a_cache_aware_model_goes_through_its_router_to_each_instance():
+    state = cache_state()
+    text = render_model(state["model"])
+    (pool,) = blocks(text, "upstream gpufleet_fleet_1")
+    # The model's upstream is its router on loopback; the other model keeps its servers.
+    assert re.findall(r"server (\S+) ", pool) == ["127.0.0.1:8200"]
+    (other,) = blocks(text, "upstream gpufleet_fleet_2")
+    assert "least_conn;" in other and re.findall(r"server (\S+) ", other) == ["10.0.0.12:9000"]
+    # One worker upstream per instance of the model's servers, each the GPU server's server tier.
+    for index, instance in enumerate(["0", "1"], 1):
+        (worker,) = blocks(text, "upstream gpufleet_worker_1_%d" % index)
+        assert re.findall(r"server (\S+) ", worker) == ["10.0.0.11:8000"] and "# gpu1 vllm@%s" % instance in worker
+        assert "location /_gpufleet/worker/gpufleet_worker_1_%d/ {" % index in text
+        assert "proxy_pass http://gpufleet_worker_1_%d/_gpufleet/instance/%s/;" % (index, instance) in text
+    assert not blocks(text, "upstream gpufleet_worker_2_")
+    worker_server = server_block(text, 8199)
+    assert "listen 127.0.0.1:8199;" in worker_server and "allow 127.0.0.1;" in worker_server and "deny all;" in worker_server
+    assert "gpufleet_api_key_ok" not in worker_server and "limit_req" not in worker_server
+    (router,) = state["model"]["fleet"]["cache_routers"]
+    assert router["unit"] == "gpufleet-router-1" and router["model"] == "small" and router["metrics_port"] == 8201
+    assert router["workers"] == ["http://127.0.0.1:8199/_gpufleet/worker/gpufleet_worker_1_%d" % i for i in (1, 2)]
+    # Keys and limits stay at the fleet tier's own server.
+    assert "auth_request /_gpufleet_key_check;" in server_block(text, 80)
+
+
+def test_a_drained_server_is_down_for_the_router_too():
+    state = cache_state(drained={"version": 1, "server": [], "fleet": ["gpu1"]})
+    assert state["kept"]["fleet"] == ["gpu1"] and state["problems"] == []
+    text = render_model(state["model"])
+    for index in (1, 2):
+        (worker,) = blocks(text, "upstream gpufleet_worker_1_%d" % index)
+        assert "server 10.0.0.11:8000 down " in worker
+    # The router's own line is never a drain's name.
+    assert "127.0.0.1:8200 down" not in text
+    from ansible_collections.gpufleet.serving.plugins.module_utils import gateway_layout  # noqa: PLC0415
+
+    found = gateway_layout.drain(state["model"], state["drained"], "fleet", ["router:gpufleet_fleet_1", "gpu2"], "drained")
+    assert found["unknown"] == ["router:gpufleet_fleet_1"] and found["drained"]["fleet"] == ["gpu1", "gpu2"]
+
+
+def test_the_server_tier_routes_to_each_instance_alone():
+    text = conf("gpu1", gateway_api_keys=KEYS)
+    server = server_block(text, 8000)
+    for instance in ("0", "1"):
+        for path in ("/health", "/v1/models", "/v1/completions", "/v1/completions/render", "/v1/chat/completions", "/v1/chat/completions/render"):
+            assert "location = /_gpufleet/instance/%s%s {" % (instance, path) in server
+            assert "proxy_pass http://gpufleet_instance_%s%s;" % (instance, path) in server
+    # Nothing else of vLLM (its token endpoints, /metrics) is reachable through them.
+    assert "/_gpufleet/instance/0/inference" not in server and "/_gpufleet/instance/0/metrics" not in server
+    assert not re.search(r"location /_gpufleet/instance", server)
+
+
+def test_the_routers_launch_is_the_model_entry():
+    from ansible_collections.gpufleet.serving.plugins.module_utils import cache_router  # noqa: PLC0415
+
+    (router,) = cache_state()["model"]["fleet"]["cache_routers"]
+    line = cache_router.router_exec_start("/opt/gpufleet-router/venv/bin/vllm-router", router)
+    words = line.split()
+    assert words[0] == "/opt/gpufleet-router/venv/bin/vllm-router"
+    assert words[words.index("--policy") + 1] == "cache_aware" and words[words.index("--host") + 1] == "127.0.0.1"
+    assert words[words.index("--port") + 1] == "8200" and words[words.index("--prometheus-port") + 1] == "8201"
+    assert words[words.index("--request-timeout-secs") + 1] == "300"
+    start = words.index("--worker-urls") + 1
+    assert words[start : start + 2] == router["workers"]
+    for bad in ({"workers": []}, {"workers": ["http://203.0.113.9/x"]}, {"port": 0}, {"policy": "random"}, {"unit": "sshd"}):
+        with pytest.raises(cache_router.CacheRouterError):
+            cache_router.router_argv(dict(router, **bad))
+
+
+def test_a_cache_aware_model_without_known_instances_has_no_worker():
+    state = model("gw1", groups=MODEL_GROUPS, models=CACHE_MODELS, gateway_api_keys=KEYS)
+    (router,) = state["model"]["fleet"]["cache_routers"]
+    assert router["workers"] == [] and state["model"]["fleet"]["workers"] == []

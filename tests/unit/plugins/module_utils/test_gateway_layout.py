@@ -296,8 +296,37 @@ def server_model(**settings):
     return model(host="gpu1", is_server=True, is_fleet=False, settings=settings)
 
 
-def server_lines(text):
-    return [line for line in text.splitlines() if not line.startswith("#")]
+def blocks(text):
+    """{upstream name: [lines inside its block]} of an include file."""
+    out, name = {}, None
+    for line in text.splitlines():
+        if line.startswith("upstream ") and line.endswith(" {"):
+            name = line.split()[1]
+            out[name] = []
+        elif line == "}":
+            name = None
+        elif name:
+            out[name].append(line)
+    return out
+
+
+def server_lines(text, upstream="gpufleet_local"):
+    return [line for line in blocks(text)[upstream] if line.startswith("    server ")]
+
+
+def test_local_servers_conf_is_whole_upstreams_one_per_instance_besides():
+    text = gl.local_servers_conf(server_model(), {"version": 1, "server": ["1"], "fleet": []}, [])
+    found = blocks(text)
+    assert list(found) == ["gpufleet_local", "gpufleet_instance_0", "gpufleet_instance_1"]
+    assert found["gpufleet_local"][0] == "    least_conn;"
+    assert found["gpufleet_local"][-2:] == ["    keepalive 32;", "    keepalive_timeout 4s;"]
+    # Each instance alone, down when it is down in gpufleet_local.
+    assert server_lines(text, "gpufleet_instance_0") == ["    server 127.0.0.1:8001 max_fails=2 fail_timeout=10s;  # vllm@0"]
+    assert server_lines(text, "gpufleet_instance_1") == ["    server 127.0.0.1:8002 down max_fails=2 fail_timeout=10s;  # vllm@1"]
+    assert found["gpufleet_instance_1"][0].startswith("    server ")  # no balancing of one server
+    hashed = gl.local_servers_conf(server_model(gateway_balance="hash_header"), gl.empty_drained(), [])
+    assert blocks(hashed)["gpufleet_local"][0] == "    hash $gpufleet_affinity consistent;"
+    assert blocks(gl.local_servers_conf(server_model(gateway_balance="round_robin"), gl.empty_drained(), []))["gpufleet_local"][0].startswith("    server ")
 
 
 def test_local_servers_conf_marks_drained_and_fenced_down():
@@ -360,6 +389,9 @@ SERVER = ("server", "upstream", "servers", 0)
         (server_model(), gl.empty_drained(), None, "must be a list of instance names"),
         (server_model(), gl.empty_drained(), ["0", 1], "which is not an instance name"),
         (server_model(), gl.empty_drained(), [str(i) for i in range(gl.MAX_DRAINED + 1)], "more than"),
+        (_broken(("server", "upstream", "balance"), "least_conn; server 203.0.113.9:80"), gl.empty_drained(), [], "balances with"),
+        (_broken(("server", "upstream", "keepalive"), "32; server 203.0.113.9:80"), gl.empty_drained(), [], "keepalive"),
+        (_broken(("server", "upstream", "keepalive_timeout"), 0), gl.empty_drained(), [], "keepalive_timeout"),
     ],
 )
 def test_local_servers_conf_refuses_what_no_nginx_line_may_hold(m, drained, fenced_names, words):
