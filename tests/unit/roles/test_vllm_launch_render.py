@@ -73,6 +73,7 @@ def molecule_vars(scenario, host):
         if host in groups.get(model["group"], []):
             variables.update(inventory["group_vars"][model["group"]])
     variables["_plan_model_name"] = fleet_models.model_name(host, models, groups)
+    variables["_plan_model_balance"] = fleet_models.model_balance(host, models, groups)
     variables.update(inventory.get("host_vars", {}).get(host) or {})
     return variables
 
@@ -111,6 +112,7 @@ def plan_for(inventory, tmp_path):
         _plan_from_snapshot=True,
         # roles/plan/vars/main.yml: the model's name of gpufleet_models, else plan_served_model_name.
         _plan_served_name=variables.get("_plan_model_name") or variables["plan_served_model_name"],
+        _plan_model_balance=variables.get("_plan_model_balance", ""),
         omit=OMIT,
         ansible_facts={"nvidia_gpus": nvml_facts.facts_from_raw(json.loads(SNAPSHOT.read_text()), "snapshot")},
     )

@@ -88,8 +88,11 @@ SERVER_MODEL = {
     "fleet": None,
     "server": {
         "upstream": {
+            "balance": "least_conn",
             "max_fails": 2,
             "fail_timeout": 10,
+            "keepalive": 32,
+            "keepalive_timeout": 4,
             "servers": [
                 {"host": "127.0.0.1", "port": 8001, "weight": 1, "comment": "vllm@0", "label": "0", "down": False},
                 {"host": "127.0.0.1", "port": 8002, "weight": 1, "comment": "vllm@1", "label": "1", "down": False},
@@ -117,10 +120,11 @@ def test_gateway_fenced_reports_a_set_it_cannot_use():
 
 def test_gateway_local_servers_marks_and_refuses():
     text = gateway_local_servers(SERVER_MODEL, {"version": 1, "server": ["0"], "fleet": []}, ["1"])
+    # In gpufleet_local, then each alone in its own upstream.
     assert [line for line in text.splitlines() if line.startswith("    server")] == [
         "    server 127.0.0.1:8001 down max_fails=2 fail_timeout=10s;  # vllm@0",
         "    server 127.0.0.1:8002 down max_fails=2 fail_timeout=10s;  # vllm@1",
-    ]
+    ] * 2
     with pytest.raises(AnsibleFilterError, match="gateway_local_servers: the site model has no server tier"):
         gateway_local_servers(MODEL, {"server": []}, [])
     with pytest.raises(AnsibleFilterError, match="the fenced set holds"):
