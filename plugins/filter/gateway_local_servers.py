@@ -9,11 +9,12 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_layout im
 
 DOCUMENTATION = r"""
 name: gateway_local_servers
-short_description: The server tier's upstream server lines of a GPU server
+short_description: The server tier's upstreams of a GPU server
 version_added: 0.3.0
 author: gpufleet.serving contributors (@gpufleet)
 description:
-  - The text of C(/etc/nginx/gpufleet/local-servers.conf), included in the server tier's C(upstream gpufleet_local).
+  - The text of C(/etc/nginx/gpufleet/local-servers.conf), included at nginx's http level - the server tier's
+    C(upstream gpufleet_local) and one C(gpufleet_instance_<name>) upstream per instance (the route to it alone).
     The watchdog writes the same file with the same function (C(gateway_layout.local_servers_conf)).
   - An instance is C(down) when the drained set's server tier or the fenced set names it.
   - Fails, naming the value, when the model has no server tier or holds a value an nginx line cannot take.
@@ -44,7 +45,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: The file's text, one C(server) line per instance.
+  description: The file's text, the upstreams with one C(server) line per instance each.
   type: str
 """
 

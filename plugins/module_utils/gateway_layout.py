@@ -47,7 +47,7 @@ MAX_DRAINED = 4096
 MAX_STATE_BYTES = 1 << 20
 MAX_MODEL_BYTES = 16 << 20
 LOOPBACK = ("127.0.0.1", "::1")
-# The server tier's upstream servers, included in `upstream gpufleet_local`.
+# The server tier's upstreams (gpufleet_local and one per instance), included at nginx's http level.
 LOCAL_SERVERS_FILE = "/etc/nginx/gpufleet/local-servers.conf"
 # What an upstream server line may print, checked again when the line is
 # printed (the model may come from a file on the host).

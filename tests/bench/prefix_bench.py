@@ -9,11 +9,13 @@ read from each instance's /metrics before and after), the median and p99 time to
 first token, and the throughput; then each mode's figures divided by the first
 mode's.
 
-Modes are the gateway role's balance settings (`gateway_balance`: least_conn, the
-default; hash_header, each conversation pinned by its X-Session-ID, which the
-client sends in every mode). Before each mode the script applies it to both tiers
-with the gateway role (`site.yml --tags gateway`, a reload: nothing restarts), and
-every mode has system prompts of its own, so no mode finds what another cached.
+Modes are balance settings: least_conn, the default; hash_header, each
+conversation pinned by its X-Session-ID, which the client sends in every mode;
+cache_aware, vLLM's own router (a model's balance in gpufleet_models, given with
+--models). Before each mode the script applies it (`site.yml --tags gateway`, a
+reload; with --models `--tags plan,vllm,gateway`, which restarts the instances of
+a model entering or leaving cache_aware), and every mode has system prompts of
+its own, so no mode finds what another cached.
 
 It runs against a fleet that is up, from the repository root, with the
 environment ansible-playbook needs for that fleet (the demo's is ansible.cfg's):
@@ -144,19 +146,18 @@ def prefix_counters(args, instances):
 
 
 def switch(args, mode):
-    """Both tiers to balance `mode` with the gateway role (site.yml --tags gateway: a reload, no restart)."""
-    argv = [
-        "ansible-playbook",
-        "-i",
-        args.inventory,
-        str(ROOT / "site.yml"),
-        "--tags",
-        "gateway",
-        "-e",
-        "gpufleet_serial=100%",
-        "-e",
-        "gateway_balance=" + mode,
-    ]
+    """The fleet to balance `mode`. Without --models: both tiers' gateway_balance with the gateway role
+    (site.yml --tags gateway: a reload, no restart). With --models (gpufleet_models as JSON): every model's
+    own balance, cache_aware included (vLLM's router), with site.yml --tags plan,vllm,gateway (a model
+    that enters or leaves cache_aware restarts its instances: its launch gains or loses --enable-scale-out)."""
+    if args.models:
+        models = [dict(m, balance=mode) for m in json.loads(args.models)]
+        chosen = ["--tags", "plan,vllm,gateway", "-e", json.dumps({"gpufleet_models": models})]
+    elif mode == "cache_aware":
+        sys.exit("cache_aware is a model's balance: pass the fleet's gpufleet_models with --models")
+    else:
+        chosen = ["--tags", "gateway", "-e", "gateway_balance=" + mode]
+    argv = ["ansible-playbook", "-i", args.inventory, str(ROOT / "site.yml"), "-e", "gpufleet_serial=100%", *chosen]
     for extra in args.extra_vars:
         argv += ["-e", extra]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False, cwd=str(ROOT))
@@ -208,7 +209,8 @@ def main(argv=None):
     p.add_argument("--servers", default="gpu1,gpu2", help="the GPU servers (container names) behind it, comma-separated")
     p.add_argument("--key", default="", help="API key of the gateway")
     p.add_argument("--model", default="tiny")
-    p.add_argument("--modes", default="least_conn,hash_header", help="gateway_balance values, comma-separated; the first is the baseline")
+    p.add_argument("--modes", default="least_conn,hash_header", help="balance modes, comma-separated; the first is the baseline")
+    p.add_argument("--models", default="", help="the fleet's gpufleet_models as JSON: modes become each model's balance (cache_aware needs it)")
     p.add_argument("--system-prompts", type=int, default=3)
     p.add_argument("--system-words", type=int, default=200, help="words per system prompt (the tiny model's tokenizer: about a token each)")
     p.add_argument("--conversations", type=int, default=24)

@@ -16,7 +16,7 @@ import pytest
 from conftest import drain_playbook, run_playbook, set_drain
 
 GPU, GW = "t-site-gpu1", "t-site-gw1"
-# The server tier's upstream lines (included in conf.d/gpufleet.conf's upstream gpufleet_local).
+# The server tier's upstreams (included in conf.d/gpufleet.conf's http level).
 SERVERS = "/etc/nginx/gpufleet/local-servers.conf"
 # t-site-gpu1 is planned dp: vllm@0 on 8001, vllm@1 on 8002.
 DRAINED, SERVING = ("1", 8002), ("0", 8001)
@@ -27,10 +27,12 @@ def sh(container, *args, check=True):
 
 
 def server_line(port):
-    """The server tier's upstream line of the instance on `port`."""
+    """The server tier's upstream line of the instance on `port`: the same in gpufleet_local and in the
+    instance's own upstream (gpufleet_instance_<name>, the routers' route to it)."""
     text = sh(GPU, "cat", SERVERS).stdout
-    (line,) = re.findall(r"^\s*server 127\.0\.0\.1:%d\b.*$" % port, text, re.M)
-    return line.strip()
+    lines = re.findall(r"^\s*server 127\.0\.0\.1:%d\b.*$" % port, text, re.M)
+    assert len(lines) == 2 and lines[0] == lines[1], text
+    return lines[0].strip()
 
 
 def served(port):

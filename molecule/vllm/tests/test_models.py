@@ -8,12 +8,17 @@ tiers' access logs say which GPU server each request reached.
 
 import json
 import os
+import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import testinfra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "collections"))
+from ansible_collections.gpufleet.serving.plugins.module_utils import cache_router
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -47,13 +52,19 @@ OPENAI_SCRIPT = textwrap.dedent(
                     model=ask["model"], messages=[{"role": "user", "content": "hello"}], max_tokens=8)
                 out["answers"].append({"ask": ask, "model": reply.model, "tokens": reply.usage.completion_tokens})
             else:
-                reply = client.completions.create(model=ask["model"], prompt="hello fleet", max_tokens=8)
+                reply = client.completions.create(model=ask["model"], prompt=ask.get("prompt", "hello fleet"), max_tokens=8)
                 out["answers"].append({"ask": ask, "model": reply.model, "tokens": reply.usage.completion_tokens})
         except openai.APIStatusError as exc:
             out["errors"].append({"ask": ask, "status": exc.status_code, "body": exc.body})
     print(json.dumps(out))
     """
 ) % (URL, KEY)
+
+
+# A request of a client in a server tier's access log: to the server tier's API, or through the route to one
+# instance that vLLM's router takes (not the router's render requests).
+API_LINE = re.compile(r'"POST (/_gpufleet/instance/(?P<instance>[^/ ]+))?/v1/(chat/)?completions HTTP')
+ROUTER_UNIT = "gpufleet-router-1"
 
 
 def ask_openai(asks):
@@ -91,9 +102,10 @@ def test_each_model_answers_through_one_address_and_reaches_only_its_servers():
     assert [a["model"] for a in found["answers"]] == [a["model"] for a in asks], "an answer came from another model"
     streamed = [a for a in found["answers"] if a["ask"].get("stream")]
     assert streamed and all(a["chunks"] >= 3 for a in streamed), streamed
-    # The server tiers' access logs: every request for a model reached a server of that model, and only those.
+    # The server tiers' access logs: every request for a model reached a server of that model, and only those
+    # (tiny's through vLLM's router, by the route to one instance, besides the router's render requests).
     for model, server in SERVERS.items():
-        new = [line for line in log_lines(server)[before[server] :] if '"POST /v1/' in line]
+        new = [line for line in log_lines(server)[before[server] :] if API_LINE.search(line)]
         wanted = sum(1 for a in asks if a["model"] == model)
         assert len(new) == wanted, "%s logged %d requests, %d were for its model %s:\n%s" % (server, len(new), wanted, model, "\n".join(new))
         assert all(" 200 " in line for line in new), new
@@ -177,3 +189,36 @@ def test_a_model_without_a_server_in_service_leaves_the_other_serving():
     finally:
         assert server.run("systemctl start nginx").rc == 0
     assert curl("http://127.0.0.1/health")[0] == 200
+
+
+def test_the_cache_aware_model_keeps_a_prefix_on_one_instance():
+    """tiny (balance cache_aware) goes through vLLM's router on the gateway: requests that share a long prefix
+    reach one instance of t-vllm1, by the server tier's route to that instance; tiny-b's never take a route."""
+    words = " ".join(["the fleet shares this long system prompt"] * 12)
+    asks = [{"kind": "completion", "model": "tiny", "prompt": "%s %s question %d" % (p, words, i)} for p in ("alpha", "omega") for i in range(3)]
+    before = len(log_lines(SERVERS["tiny"]))
+    found = ask_openai(asks)
+    assert found["errors"] == [] and len(found["answers"]) == len(asks)
+    reached = [API_LINE.search(line).group("instance") for line in log_lines(SERVERS["tiny"])[before:] if API_LINE.search(line)]
+    assert len(reached) == len(asks) and None not in reached, reached
+    assert len(set(reached[:3])) == 1 and len(set(reached[3:])) == 1, reached
+    assert not [line for line in log_lines(SERVERS["tiny-b"]) if "/_gpufleet/instance/" in line and "/health" not in line]
+
+
+def test_the_router_runs_its_launch_alone_on_loopback():
+    """The router's unit runs the site model's entry through cache_router.router_exec_start, as a hardened
+    service of its own, listening on loopback only."""
+    host = testinfra.get_host("podman://" + GATEWAY)
+    assert host.service(ROUTER_UNIT).is_running and host.service(ROUTER_UNIT).is_enabled
+    model = json.loads(host.file("/etc/nginx/gpufleet/site.json").content_string)
+    (router,) = model["fleet"]["cache_routers"]
+    assert router["model"] == "tiny" and len(router["workers"]) == 2
+    unit = host.file("/etc/systemd/system/%s.service" % ROUTER_UNIT).content_string
+    (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
+    assert line == "ExecStart=" + cache_router.router_exec_start("/opt/gpufleet-router/venv/bin/vllm-router", router)
+    listening = host.run("ss -Hltnp").stdout
+    mine = [x.split()[3] for x in listening.splitlines() if "vllm" in x or "router" in x]
+    assert sorted(mine) == ["127.0.0.1:8200", "127.0.0.1:8201"], listening
+    exposure = host.run("systemd-analyze security %s --no-pager" % ROUTER_UNIT).stdout
+    score = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", exposure).group(1))
+    assert score <= 3.0, exposure[-2000:]

@@ -72,6 +72,9 @@ def test_a_backend_without_a_model_cannot_be_pooled():
         ([{"name": "../x", "group": "g"}], "gpufleet_models[0].name"),
         ([{"name": "x", "group": "g-1"}], "gpufleet_models[0].group is 'g-1'"),
         ([{"name": "x", "group": "model_small", "port": 1}], "fields this collection does not read: port"),
+        ([{"name": "x", "group": "model_small", "balance": "least_conn; server 203.0.113.9:80"}], "gpufleet_models[0].balance is"),
+        ([{"name": "x", "group": "model_small", "balance": "random"}], "set one of least_conn, round_robin, hash_header, cache_aware"),
+        ([{"name": "x", "group": "model_small", "balance": ["cache_aware"]}], "gpufleet_models[0].balance is"),
         (["x"], "gpufleet_models[0] must be a mapping"),
         ([{"name": "small", "group": "model_small"}, {"name": "small", "group": "model_large"}], "two models the served name 'small'"),
         ([{"name": "a", "group": "model_small"}, {"name": "b", "group": "model_small"}], "two models the group 'model_small'"),
@@ -139,3 +142,12 @@ def test_a_name_that_could_reach_nginx_or_javascript_is_refused_before_use(name)
 def test_a_group_that_is_no_group_name_is_refused(group):
     (problem,) = fleet_models.host_problems("gpu1", [{"name": "small", "group": group}], GROUPS)
     assert problem.startswith("gpufleet_models[0].group is ")
+
+
+def test_a_models_balance_goes_with_its_pool_and_its_servers():
+    models = [{"name": "small", "group": "model_small", "balance": "cache_aware"}, {"name": "large", "group": "model_large"}]
+    groups = {"model_small": ["gpu1"], "model_large": ["gpu2"]}
+    backends = [{"name": "gpu1"}, {"name": "gpu2"}]
+    assert [(p["model"], p["balance"]) for p in fleet_models.pools(backends, models, groups)] == [("small", "cache_aware"), ("large", "")]
+    assert fleet_models.model_balance("gpu1", models, groups) == "cache_aware" and fleet_models.model_balance("gpu2", models, groups) == ""
+    assert fleet_models.model_balance("gpu9", models, groups) == ""
