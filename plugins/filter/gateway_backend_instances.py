@@ -16,7 +16,7 @@ short_description: The vLLM instances of each GPU server, for the routers of cac
 version_added: 0.5.0
 author: gpufleet.serving contributors (@gpufleet)
 description:
-  - Returns C({server: [instance names]}) for the servers of O(_input), from this run's plan of each
+  - Returns a mapping of each server of O(_input) to its instances' names, from this run's plan of each
     (C(gpufleet_plan) in O(hostvars)), else from the plan the vllm role left on it (O(remote), the results of a
     C(slurp) loop over the servers). A server with neither is left out.
 positional: _input, hostvars, remote
