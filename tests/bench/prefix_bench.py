@@ -13,7 +13,7 @@ Modes are balance settings: least_conn, the default; hash_header, each
 conversation pinned by its X-Session-ID, which the client sends in every mode;
 cache_aware, vLLM's own router (a model's balance in gpufleet_models, given with
 --models). Before each mode the script applies it (`site.yml --tags gateway`, a
-reload; with --models `--tags plan,vllm,gateway`, which restarts the instances of
+reload; with --models `--tags cache,plan,vllm,gateway`, which restarts the instances of
 a model entering or leaving cache_aware), and every mode has system prompts of
 its own, so no mode finds what another cached.
 
@@ -148,11 +148,12 @@ def prefix_counters(args, instances):
 def switch(args, mode):
     """The fleet to balance `mode`. Without --models: both tiers' gateway_balance with the gateway role
     (site.yml --tags gateway: a reload, no restart). With --models (gpufleet_models as JSON): every model's
-    own balance, cache_aware included (vLLM's router), with site.yml --tags plan,vllm,gateway (a model
+    own balance, cache_aware included (vLLM's router), with site.yml --tags cache,plan,vllm,gateway (the cache play
+    publishes the pins its servers install against; a model
     that enters or leaves cache_aware restarts its instances: its launch gains or loses --enable-scale-out)."""
     if args.models:
         models = [dict(m, balance=mode) for m in json.loads(args.models)]
-        chosen = ["--tags", "plan,vllm,gateway", "-e", json.dumps({"gpufleet_models": models})]
+        chosen = ["--tags", "cache,plan,vllm,gateway", "-e", json.dumps({"gpufleet_models": models})]
     elif mode == "cache_aware":
         sys.exit("cache_aware is a model's balance: pass the fleet's gpufleet_models with --models")
     else:
