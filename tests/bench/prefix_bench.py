@@ -72,10 +72,11 @@ def ask(conn, messages, session):
             data = event.decode().partition("data: ")[2]
             if not data or data == "[DONE]":
                 continue
-            delta = (json.loads(data).get("choices") or [{}])[0].get("delta", {}).get("content") or ""
-            if delta and first is None:
+            choices = json.loads(data).get("choices") or []
+            # vLLM sends its first event with the first token (a tiny model's token may decode to nothing).
+            if choices and first is None:
                 first = time.perf_counter() - start
-            text.append(delta)
+            text.append((choices[0].get("delta") or {}).get("content") or "" if choices else "")
     return first, time.perf_counter() - start, "".join(text)
 
 
