@@ -113,13 +113,12 @@ $(CACHE)/wheelhouse/.stamp: $(VENV)/.stamp
 	touch $@
 
 # vLLM's router (gateway_router_package), for the fleet gateway of
-# molecule/vllm (a cache-aware model): its own wheel only, and what it needs
-# from the wheels vLLM's CPU build brought (a newer fastapi beside them would
-# change what the artifact cache resolves for vLLM); the second download,
-# offline, fails when one is missing.
+# molecule/vllm (a cache-aware model), and what it needs, constrained to the
+# versions vLLM's CPU build brought (a newer fastapi beside them would change
+# what the artifact cache resolves for vLLM): only what vLLM lacks is added.
 $(CACHE)/wheelhouse/.router-stamp: $(CACHE)/wheelhouse/.stamp
-	$(BIN)/pip download -q --no-deps 'vllm-router==$(VLLM_ROUTER_VERSION)' -d $(CACHE)/wheelhouse
-	$(BIN)/pip download -q --no-index --find-links $(CACHE)/wheelhouse 'vllm-router==$(VLLM_ROUTER_VERSION)' -d $(CACHE)/wheelhouse
+	ls $(CACHE)/wheelhouse | sed -n 's/^\([^-]*\)-\([^-]*\)-.*\.whl$$/\1==\2/p' > $(CACHE)/wheelhouse-constraints.txt
+	$(BIN)/pip download -q -c $(CACHE)/wheelhouse-constraints.txt 'vllm-router==$(VLLM_ROUTER_VERSION)' -d $(CACHE)/wheelhouse
 	touch $@
 
 wheelhouse: $(CACHE)/wheelhouse/.stamp $(CACHE)/wheelhouse/.router-stamp
