@@ -77,6 +77,8 @@ PLANNED_ARGS = {
     "--shutdown-timeout": "{p}shutdown_timeout_sec",
     "--enable-scale-out": "balance cache_aware of the model in gpufleet_models (vLLM's router needs its render endpoints)",
 }
+# Arguments of the launch settings rather than of the plan's figures (launch_mismatches leaves them out).
+LAUNCH_SETTING_ARGS = ("--model", "--served-model-name", "--host", "--enforce-eager", "--shutdown-timeout", "--enable-scale-out")
 # Environment variables the plan sets; extra_env must not change them.
 PLANNED_ENV = {
     "CUDA_VISIBLE_DEVICES": "the plan's cards ({p}topology, {p}tensor_parallel_size)",
@@ -438,7 +440,7 @@ def launch_mismatches(plan):
         planned = _option_values(planned_arguments(plan))
         expected.update(planned)
         for option in PLANNED_ARGS:
-            if option not in expected and option not in ("--model", "--served-model-name", "--host", "--enforce-eager", "--shutdown-timeout", "--enable-scale-out"):
+            if option not in expected and option not in LAUNCH_SETTING_ARGS:
                 expected[option] = []
         for option, want in sorted(expected.items()):
             got = values.get(option, [])
