@@ -762,7 +762,8 @@ def test_the_server_tier_routes_to_each_instance_alone():
     for instance in ("0", "1"):
         for path in ("/health", "/v1/models", "/v1/completions", "/v1/completions/render", "/v1/chat/completions", "/v1/chat/completions/render"):
             assert "location = /_gpufleet/instance/%s%s {" % (instance, path) in server
-            assert "set $gpufleet_instance_upstream gpufleet_instance_%s;\n        proxy_pass http://$gpufleet_instance_upstream%s;" % (instance, path) in server
+            route = "set $gpufleet_instance_upstream gpufleet_instance_%s;\n        proxy_pass http://$gpufleet_instance_upstream%s;"
+            assert route % (instance, path) in server
     # Nothing else of vLLM (its token endpoints, /metrics) is reachable through them.
     assert "/_gpufleet/instance/0/inference" not in server and "/_gpufleet/instance/0/metrics" not in server
     assert not re.search(r"location /_gpufleet/instance", server)
