@@ -92,6 +92,9 @@ def test_nginx_running_with_a_valid_config(host):
 
 def test_streaming_safe_proxy_settings(host):
     text = host.file("/etc/nginx/conf.d/gpufleet.conf").content_string
+    # A GPU server's upstreams are in the include the role and the watchdog write (at nginx's http level).
+    included = host.file("/etc/nginx/gpufleet/local-servers.conf")
+    text += included.content_string if included.exists else ""
     for line in (
         "least_conn;",
         "proxy_http_version 1.1;",
