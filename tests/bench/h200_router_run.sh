@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Issue 21 on a lent two-H200 machine (device-side; not for CI): vLLM's router (cache_aware, launched
+# with cache_router.router_argv's arguments) against nginx least_conn over four vLLM 0.26 instances,
+# two per card, with small KV caches, on prefix_bench.py's shared-prefix workload.
+#
+#   h200_router_run.sh setup OUT   reassemble the carried files, install vLLM + vllm-router, save --help texts
+#   h200_router_run.sh start OUT   start 4 instances, nginx (least_conn + the routers' worker routes), the router
+#   h200_router_run.sh bench OUT   the modes side by side, then the concurrency-1 TTFT overhead
+#   h200_router_run.sh conf OUT    only write the router's arguments and nginx.conf to OUT
+#   h200_router_run.sh stop OUT    stop what start started (by the process ids it saved)
+#
+# Carried files live in $XFER (default /root/xfer): wh/ (vLLM's wheels and install.sh, see
+# ../shared/gpu/README.md), extra/whl (vllm-router, orjson), extra/nginx (Debian 12's nginx and
+# its libraries), extra/model (a Llama-3.2-1B config.json and a tiny tokenizer; weights are dummy).
+set -uo pipefail
+step=${1:?usage: h200_router_run.sh setup|conf|start|bench|stop OUT}
+OUT=${2:?usage: h200_router_run.sh setup|conf|start|bench|stop OUT}
+XFER=${XFER:-/root/xfer}
+RUN=${RUN:-/root/run}
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+MODEL=$XFER/extra/model
+PORTS=(8001 8002 8003 8004)
+GPUS=(0 0 1 1)
+# KV cache per instance: 1600 blocks of 16 tokens (25,600 tokens; 32 KiB a token for this shape).
+KV_BLOCKS=${KV_BLOCKS:-1600}
+KV_BYTES=$((KV_BLOCKS * 16 * 32768))
+NGINX_PORT=8080
+WORKER_PORT=8199
+ROUTER_PORT=8200
+mkdir -p "$OUT" "$RUN"
+
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 CUDA_DEVICE_ORDER=PCI_BUS_ID
+export VLLM_SERVER_DEV_MODE=1 PYTHONUNBUFFERED=1
+
+wait_http() { # url seconds -> 0 when it answers 200 in time
+  local url=$1 until=$((SECONDS + $2))
+  while [ $SECONDS -lt $until ]; do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url")" = 200 ] && return 0
+    sleep 2
+  done
+  return 1
+}
+
+setup() {
+  cd "$XFER" || exit 1
+  find . -name '*.t00' | while read -r first; do
+    base=${first%.t00}
+    cat "$base".t[0-9][0-9] > "$base" && rm -f "$base".t[0-9][0-9]
+  done
+  bash "$XFER/wh/install.sh" "$XFER/wh" --no-optional > "$OUT/install.log" 2>&1 || { tail -40 "$OUT/install.log"; exit 1; }
+  tail -5 "$OUT/install.log"
+  python3 -m pip install -q --no-index --no-deps --disable-pip-version-check "$XFER"/extra/whl/*.whl >> "$OUT/install.log" 2>&1 || exit 1
+  {
+    echo "### python3 -c 'import vllm; print(vllm.__version__)'"; python3 -c 'import vllm; print(vllm.__version__)'
+    echo "### vllm serve --help=all"; vllm serve --help=all 2>&1
+    echo "### vllm serve --help"; vllm serve --help 2>&1
+  } > "$RUN/vllm-serve-help.txt"
+  { echo "### vllm-router --help"; vllm-router --help 2>&1; } > "$RUN/vllm-router-help.txt"
+  cp "$RUN/vllm-serve-help.txt" "$RUN/vllm-router-help.txt" "$OUT/"
+  grep -c -- "--enable-scale-out" "$OUT/vllm-serve-help.txt" | sed 's/^/--enable-scale-out mentions in help: /'
+  grep -o -- "--kv-cache-memory-bytes\|--num-gpu-blocks-override\|--nnodes\|--node-rank\|--headless\|--master-addr\|--master-port" "$OUT/vllm-serve-help.txt" | sort | uniq -c
+  LD_LIBRARY_PATH=$XFER/extra/nginx/lib "$XFER/extra/nginx/nginx" -V 2>&1 | head -1
+  nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv
+}
+
+router_argv_json() { # the collection's own router_argv, workers = the loopback worker routes
+  mkdir -p "$RUN/ac/ansible_collections/gpufleet"
+  ln -sfn "$REPO" "$RUN/ac/ansible_collections/gpufleet/serving"
+  PYTHONPATH=$RUN/ac python3 - "$ROUTER_PORT" "$WORKER_PORT" "${#PORTS[@]}" <<'PY'
+import json, sys
+from ansible_collections.gpufleet.serving.plugins.module_utils.cache_router import router_argv
+port, worker_port, count = (int(v) for v in sys.argv[1:4])
+router = {
+    "unit": "gpufleet-router-1", "policy": "cache_aware", "port": port, "metrics_port": port + 1,
+    "health_interval": 5, "request_timeout": 300,  # gateway_router_health_interval, gateway_read_timeout (defaults)
+    "workers": ["http://127.0.0.1:%d/_gpufleet/worker/gpufleet_worker_1_%d" % (worker_port, i + 1) for i in range(count)],
+}
+print(json.dumps(router_argv(router)))
+PY
+}
+
+nginx_conf() {
+  local i
+  echo "user root; worker_processes 4; pid $RUN/nginx/nginx.pid; error_log $RUN/nginx/error.log warn;"
+  echo "events { worker_connections 8192; }"
+  echo "http {"
+  echo "  access_log off; client_body_temp_path $RUN/nginx/body; proxy_temp_path $RUN/nginx/proxy;"
+  echo "  fastcgi_temp_path $RUN/nginx/fcgi; uwsgi_temp_path $RUN/nginx/uwsgi; scgi_temp_path $RUN/nginx/scgi;"
+  echo "  client_max_body_size 64m; client_body_buffer_size 4m;"
+  echo "  proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering on;"
+  echo "  proxy_connect_timeout 5s; proxy_read_timeout 300s; proxy_send_timeout 300s; gzip off;"
+  echo "  upstream gpufleet_local { least_conn;"
+  for i in "${!PORTS[@]}"; do echo "    server 127.0.0.1:${PORTS[$i]} max_fails=0;"; done
+  echo "    keepalive 64; keepalive_timeout 60s; }"
+  for i in "${!PORTS[@]}"; do
+    echo "  upstream gpufleet_worker_1_$((i + 1)) { server 127.0.0.1:${PORTS[$i]} max_fails=0; keepalive 32; keepalive_timeout 60s; }"
+  done
+  echo "  server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://gpufleet_local; } }"
+  echo "  server { listen 127.0.0.1:$WORKER_PORT;"
+  for i in "${!PORTS[@]}"; do
+    echo "    location /_gpufleet/worker/gpufleet_worker_1_$((i + 1))/ { proxy_pass http://gpufleet_worker_1_$((i + 1))/; }"
+  done
+  echo "    location / { return 404; } }"
+  echo "}"
+}
+
+start() {
+  local i kvflag scale
+  if grep -q -- "--kv-cache-memory-bytes" "$RUN/vllm-serve-help.txt"; then
+    kvflag=(--kv-cache-memory-bytes "$KV_BYTES" --num-gpu-blocks-override "$KV_BLOCKS")
+  else
+    kvflag=(--num-gpu-blocks-override "$KV_BLOCKS")
+  fi
+  scale=(--enable-scale-out)
+  grep -q -- "--enable-scale-out" "$RUN/vllm-serve-help.txt" || { echo "NO --enable-scale-out in vllm serve --help: started without it"; scale=(); }
+  : > "$RUN/pids"
+  for i in "${!PORTS[@]}"; do
+    argv=(vllm serve "$MODEL" --served-model-name model --load-format dummy --dtype bfloat16 --max-model-len 8192
+      --gpu-memory-utilization 0.12 "${kvflag[@]}" "${scale[@]}" --port "${PORTS[$i]}" --host 127.0.0.1)
+    echo "instance $i on GPU ${GPUS[$i]}: ${argv[*]}" | tee -a "$OUT/commands.txt"
+    CUDA_VISIBLE_DEVICES=${GPUS[$i]} setsid nohup "${argv[@]}" > "$RUN/instance-$i.log" 2>&1 < /dev/null &
+    echo $! >> "$RUN/pids"
+  done
+  for i in "${!PORTS[@]}"; do
+    if wait_http "http://127.0.0.1:${PORTS[$i]}/health" 420; then echo "instance $i healthy at ${SECONDS}s"; continue; fi
+    echo "instance $i not healthy at ${SECONDS}s; started again alone"; tail -30 "$RUN/instance-$i.log"
+    mv "$RUN/instance-$i.log" "$RUN/instance-$i-first.log"
+    pkill_group=$(sed -n "$((i + 1))p" "$RUN/pids"); kill -9 -- "-$pkill_group" 2>/dev/null; sleep 3
+    argv=(vllm serve "$MODEL" --served-model-name model --load-format dummy --dtype bfloat16 --max-model-len 8192
+      --gpu-memory-utilization 0.12 "${kvflag[@]}" "${scale[@]}" --port "${PORTS[$i]}" --host 127.0.0.1)
+    CUDA_VISIBLE_DEVICES=${GPUS[$i]} setsid nohup "${argv[@]}" > "$RUN/instance-$i.log" 2>&1 < /dev/null &
+    echo $! >> "$RUN/pids"
+    wait_http "http://127.0.0.1:${PORTS[$i]}/health" 300 && echo "instance $i healthy at ${SECONDS}s (second start)"
+  done
+  mkdir -p "$RUN/nginx"
+  nginx_conf > "$RUN/nginx/nginx.conf"
+  cp "$RUN/nginx/nginx.conf" "$OUT/nginx.conf"
+  if LD_LIBRARY_PATH=$XFER/extra/nginx/lib "$XFER/extra/nginx/nginx" -p "$RUN/nginx" -c "$RUN/nginx/nginx.conf"; then
+    echo "nginx up: $(cat "$RUN/nginx/nginx.pid")"
+  else
+    echo "NGINX FAILED"
+  fi
+  mapfile -t rargv < <(router_argv_json | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))')
+  echo "router: vllm-router ${rargv[*]}" | tee -a "$OUT/commands.txt"
+  setsid nohup vllm-router "${rargv[@]}" > "$RUN/router.log" 2>&1 < /dev/null &
+  echo $! >> "$RUN/pids"
+  if wait_http "http://127.0.0.1:$ROUTER_PORT/health" 90; then echo "router healthy at ${SECONDS}s"; else echo "router not healthy"; tail -30 "$RUN/router.log"; fi
+  for url in "http://127.0.0.1:${PORTS[0]}" "http://127.0.0.1:$NGINX_PORT" "http://127.0.0.1:$WORKER_PORT/_gpufleet/worker/gpufleet_worker_1_1" "http://127.0.0.1:$ROUTER_PORT"; do
+    code=$(curl -s -o "$RUN/smoke.json" -w '%{http_code}' --max-time 60 "$url/v1/chat/completions" -H 'Content-Type: application/json' \
+      -d '{"model":"model","messages":[{"role":"user","content":"hello world"}],"max_tokens":8}')
+    echo "smoke $url -> $code $(head -c 200 "$RUN/smoke.json")"
+  done
+  code=$(curl -s -o "$RUN/render.json" -w '%{http_code}' --max-time 30 "http://127.0.0.1:${PORTS[0]}/v1/chat/completions/render" -H 'Content-Type: application/json' \
+    -d '{"model":"model","messages":[{"role":"user","content":"hello world"}]}')
+  echo "render on an instance -> $code $(head -c 300 "$RUN/render.json")"
+  curl -s "http://127.0.0.1:${PORTS[0]}/metrics" | grep -i "prefix_cache" | grep -v "^#" | head -8
+}
+
+bench() {
+  local metrics=() resets=() p
+  for p in "${PORTS[@]}"; do metrics+=(--metrics "http://127.0.0.1:$p/metrics"); resets+=(--reset-url "http://127.0.0.1:$p/reset_prefix_cache"); done
+  local workload=(--model model --system-prompts "${SYSTEM_PROMPTS:-48}" --system-words "${SYSTEM_WORDS:-1200}" --conversations "${CONVERSATIONS:-384}"
+    --turns 4 --user-words 30 --max-tokens "${MAX_TOKENS:-32}" --concurrency "${CONCURRENCY:-24}" --seed 7)
+  curl -s "http://127.0.0.1:${PORTS[0]}/metrics" | grep -E "^# (HELP|TYPE) vllm:prefix_cache|^vllm:prefix_cache|^vllm:cache_config_info|^vllm:num_gpu_blocks" > "$OUT/metric-names.txt"
+  local modes=(--mode "least_conn=http://127.0.0.1:$NGINX_PORT" --mode "cache_aware=http://127.0.0.1:$ROUTER_PORT")
+  echo "bench: prefix_bench_direct.py ${modes[*]} ${modes[*]} ${workload[*]}" | tee -a "$OUT/commands.txt"
+  python3 "$REPO/tests/bench/prefix_bench_direct.py" "${modes[@]}" "${modes[@]}" "${metrics[@]}" "${resets[@]}" "${workload[@]}" \
+    --json "$OUT/jobA-modes.json" 2>&1 | tee "$OUT/jobA.txt"
+  local ovh=(--overhead "direct=http://127.0.0.1:${PORTS[0]}" --overhead "nginx=http://127.0.0.1:$NGINX_PORT" --overhead "router=http://127.0.0.1:$ROUTER_PORT"
+    --requests 50 --warmup 3 --model model --system-words "${SYSTEM_WORDS:-1200}" --user-words 30 --max-tokens "${MAX_TOKENS:-32}")
+  echo "overhead: prefix_bench_direct.py ${ovh[*]}" | tee -a "$OUT/commands.txt"
+  python3 "$REPO/tests/bench/prefix_bench_direct.py" "${ovh[@]}" --json "$OUT/jobA-overhead.json" 2>&1 | tee -a "$OUT/jobA.txt"
+  curl -s "http://127.0.0.1:$((ROUTER_PORT + 1))/metrics" > "$RUN/router-metrics.txt"
+}
+
+conf() { # what start launches, without launching it
+  router_argv_json > "$OUT/router-argv.json"
+  nginx_conf > "$OUT/nginx.conf"
+}
+
+stop() {
+  local pid
+  mkdir -p "$OUT/logs"
+  cp "$RUN"/*.log "$RUN/router-metrics.txt" "$OUT/logs/" 2>/dev/null
+  cp "$RUN/nginx/error.log" "$OUT/logs/nginx-error.log" 2>/dev/null
+  [ -f "$RUN/nginx/nginx.pid" ] && kill "$(cat "$RUN/nginx/nginx.pid")"
+  while read -r pid; do kill -- "-$pid" 2>/dev/null; done < "$RUN/pids"
+  sleep 8
+  while read -r pid; do kill -9 -- "-$pid" 2>/dev/null; done < "$RUN/pids"
+  sleep 2
+  nvidia-smi --query-gpu=index,memory.used --format=csv
+}
+
+"$step"

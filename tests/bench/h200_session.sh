@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The 2026-12-03 session on a lent two-H200 machine (device-side; not for CI), run detached so that
+# it outlives one device call: issue 21 (h200_router_run.sh: setup, start, bench, stop), then
+# issue 23's probe (pp_probe.py: leader first with --kill, then follower first). Results under
+# OUTROOT/A and OUTROOT/B, the log in OUTROOT/session.log, OUTROOT/done at the end.
+#
+#   setsid nohup bash tests/bench/h200_session.sh /root/out > /dev/null 2>&1 &
+set -uo pipefail
+R=${1:?usage: h200_session.sh OUTROOT}
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+export XFER=${XFER:-/root/xfer} RUN=${RUN:-/root/run}
+# A copy to run from: the working tree that a later device call brings may replace the one this started from.
+rm -rf /root/repo && mkdir -p /root/repo/tests "$R/A" "$R/B" && cp -r "$SRC/plugins" /root/repo/ && cp -r "$SRC/tests/bench" /root/repo/tests/
+B=/root/repo/tests/bench
+{
+  echo "== setup $(date +%T)"; timeout 400 bash "$B/h200_router_run.sh" setup "$R/A"
+  echo "== start $(date +%T)"; timeout 600 bash "$B/h200_router_run.sh" start "$R/A"
+  echo "== bench $(date +%T)"; timeout 900 bash "$B/h200_router_run.sh" bench "$R/A"
+  echo "== stop $(date +%T)"; bash "$B/h200_router_run.sh" stop "$R/A"
+  echo "== job B $(date +%T)"
+  cp "$RUN/vllm-serve-help.txt" "$R/B/" 2>/dev/null
+  timeout 480 python3 "$B/pp_probe.py" --model "$XFER/extra/model" --out "$R/B" --tag leader_first --order leader --gap 30 --kill --master-port 29555
+  echo "== job B follower first $(date +%T)"
+  timeout 420 python3 "$B/pp_probe.py" --model "$XFER/extra/model" --out "$R/B" --tag follower_first --order follower --gap 30 --master-port 29655
+  nvidia-smi
+  echo "== done $(date +%T)"
+} > "$R/session.log" 2>&1
+touch "$R/done"
