@@ -20,7 +20,8 @@ RUN=${RUN:-/root/run}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 MODEL=$XFER/extra/model
 PORTS=(8001 8002 8003 8004)
-GPUS=(0 0 1 1)
+# Two instances per card; GPU_LIST="0 0 0 0" puts all four on one card (a one-GPU machine).
+read -ra GPUS <<< "${GPU_LIST:-0 0 1 1}"
 # KV cache per instance: 1600 blocks of 16 tokens (25,600 tokens; 32 KiB a token for this shape).
 KV_BLOCKS=${KV_BLOCKS:-1600}
 KV_BYTES=$((KV_BLOCKS * 16 * 32768))

@@ -61,7 +61,7 @@ class Probe:
 
     def start(self, role):
         rank = 0 if role == "leader" else 1
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(rank), **ENV)
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=self.args.gpus.split(",")[rank], **ENV)
         log = open(Path(self.args.out) / ("%s-%s.log" % (self.args.tag, role)), "w")
         argv = self.argv(rank)
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -189,6 +189,7 @@ def parse(argv):
     p.add_argument("--kill", action="store_true", help="SIGKILL the follower's process group while requests stream")
     p.add_argument("--watch", type=float, default=60, help="seconds to watch the leader after the kill")
     p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--gpus", default="0,1", help="CUDA_VISIBLE_DEVICES of the leader and the follower (0,0 on a one-GPU machine)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--master-port", type=int, default=29555)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
