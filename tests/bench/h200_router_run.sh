@@ -109,7 +109,7 @@ nginx_conf() {
 start() {
   local i kvflag scale
   if grep -q -- "--kv-cache-memory-bytes" "$RUN/vllm-serve-help.txt"; then
-    kvflag=(--kv-cache-memory-bytes "$KV_BYTES" --num-gpu-blocks-override "$KV_BLOCKS")
+    kvflag=(--kv-cache-memory-bytes "$KV_BYTES")
   else
     kvflag=(--num-gpu-blocks-override "$KV_BLOCKS")
   fi
