@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import exec_start
+from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import exec_start, instance_exec_start
 
 DOCUMENTATION = r"""
 name: systemd_exec_start
@@ -16,18 +16,28 @@ description:
   - Returns C(<python> -m vllm.entrypoints.openai.api_server) followed by every argument of O(_input), each one word
     for systemd (double-quoted with backslash escapes when needed), C(%) doubled (specifiers) and C($) doubled
     (variables), so that a value with a space stays one argument and nothing is expanded.
+  - Given a whole plan instance instead of its C(argv), returns the instance's command as the vllm role runs it:
+    a member of a group of servers (topology C(pp)) runs under the group guard (O(guard)), and a follower runs
+    C(vllm serve --headless) through the headless launcher (O(headless)).
   - Fails on a control character (a newline would end the line).
 positional: _input, python
 options:
   _input:
-    description: The arguments (a plan instance's C(argv)).
-    type: list
-    elements: str
+    description: The arguments (a plan instance's C(argv)), or the plan instance itself.
+    type: raw
     required: true
   python:
     description: Absolute path of the interpreter of vLLM's virtualenv.
     type: str
     required: true
+  guard:
+    description: Absolute path of the group guard's launcher (a member of a group only).
+    type: str
+    default: ""
+  headless:
+    description: Absolute path of the headless launcher (a group's follower only).
+    type: str
+    default: ""
 """
 
 EXAMPLES = r"""
@@ -43,7 +53,15 @@ _value:
 """
 
 
-def systemd_exec_start(argv, python):
+def systemd_exec_start(argv, python, guard="", headless=""):
+    if isinstance(argv, dict):
+        words = argv.get("argv")
+        if not isinstance(words, (list, tuple)) or not all(isinstance(word, str) for word in words):
+            raise AnsibleFilterError("systemd_exec_start: the instance has no argv (a list of strings)")
+        try:
+            return instance_exec_start(python, argv, guard, headless)
+        except (TypeError, ValueError) as exc:
+            raise AnsibleFilterError("systemd_exec_start: %s" % exc) from exc
     if not isinstance(argv, (list, tuple)) or not all(isinstance(word, str) for word in argv):
         raise AnsibleFilterError("systemd_exec_start: expects a list of strings (an instance's argv), not %r" % (argv,))
     try:

@@ -70,8 +70,15 @@ PLANNED_ARGS = {
     "-tp": "{p}tensor_parallel_size (or {p}topology)",
     "--data-parallel-size": "{p}topology vllm_dp (or {p}single_endpoint)",
     "-dp": "{p}topology vllm_dp (or {p}single_endpoint)",
-    "--pipeline-parallel-size": "{p}topology (the planner plans no pipeline parallel)",
-    "-pp": "{p}topology (the planner plans no pipeline parallel)",
+    "--pipeline-parallel-size": "{p}topology pp (a group of servers, gpufleet_server_group)",
+    "-pp": "{p}topology pp (a group of servers, gpufleet_server_group)",
+    "--nnodes": "gpufleet_server_group (the plan's group)",
+    "-n": "gpufleet_server_group (the plan's group)",
+    "--node-rank": "gpufleet_server_group (the plan's group)",
+    "-r": "gpufleet_server_group (the plan's group)",
+    "--master-addr": "gpufleet_group_address of the group's first server",
+    "--master-port": "gpufleet_group_port",
+    "--headless": "gpufleet_server_group (a group's followers run headless)",
     "--max-num-seqs": "{p}max_num_seqs",
     "--enforce-eager": "{p}enforce_eager",
     "--shutdown-timeout": "{p}shutdown_timeout_sec",
@@ -88,6 +95,9 @@ PLANNED_ENV = {
     "VLLM_CPU_OMP_THREADS_BIND": "{p}cpu_bind_cores",
     "OMP_NUM_THREADS": "{p}cpu_bind_cores",
     "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "{p}http_keepalive_sec",
+    "VLLM_HOST_IP": "gpufleet_group_address (a group member's own address; loopback otherwise)",
+    "GLOO_SOCKET_IFNAME": "gpufleet_group_interface",
+    "NCCL_SOCKET_IFNAME": "gpufleet_group_interface",
 }
 # Without allreduce_multicast, a tensor-parallel instance on the cards keeps
 # every all-reduce path that opens NVLink multicast (cuMulticastCreate) off:
@@ -107,6 +117,11 @@ PLANNED_ENV.update(dict.fromkeys(NO_MULTICAST_ENV, "{p}allreduce_multicast"))
 RESERVED_ENV = ("GPUFLEET_PORT", "GPUFLEET_UNIT_SHA1", "GPUFLEET_VLLM_PACKAGE", "GPUFLEET_LAUNCH_SHA1")
 # Variables the planner itself puts in an instance's env (kept when a launch is built again).
 PLANNER_ENV = ("NCCL_P2P_DISABLE",)
+# A group of servers (topology pp): its name, a member's address, the network interface between them.
+GROUP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,14}$")
+MAX_GROUP_NODES = 64
 # Host paths and names: no whitespace, quotes, control characters, '%' or '$'.
 PATH_RE = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
@@ -313,7 +328,41 @@ def planned_arguments(plan):
         args += ["--tensor-parallel-size", str(plan["tensor_parallel_size"])]
     if plan["topology"] == "vllm_dp":
         args += ["--data-parallel-size", str(plan["data_parallel_size"])]
+    group = plan.get("group")
+    if group:
+        # vLLM's own multi-node launch: the leader (rank 0) serves, followers run headless.
+        args += ["--pipeline-parallel-size", str(plan["pipeline_parallel_size"])]
+        args += ["--nnodes", str(group["nnodes"]), "--node-rank", str(group["node_rank"])]
+        args += ["--master-addr", group["master_addr"], "--master-port", str(group["master_port"])]
+        if group["node_rank"] > 0:
+            args.append("--headless")
     return args
+
+
+def group_member(plan):
+    """This server's entry in its group (``None`` without a group)."""
+    group = plan.get("group")
+    if not group:
+        return None
+    return next(member for member in group["members"] if member["rank"] == group["node_rank"])
+
+
+def guard_argv(plan):
+    """The group guard's options for this server's member (``group_guard``), ``[]`` without a group.
+
+    The leader's guard listens on its own address at the group's port + 1; the
+    followers' guards connect there. The same port plus one on every member.
+    """
+    group = plan.get("group")
+    if not group:
+        return []
+    leader = group["node_rank"] == 0
+    followers = [member["address"] for member in group["members"] if member["rank"] != 0]
+    argv = ["--role", "leader" if leader else "follower", "--group", group["name"], "--rank", str(group["node_rank"])]
+    argv += ["--nnodes", str(group["nnodes"]), "--address", group["master_addr"], "--port", str(group["master_port"] + 1)]
+    if leader:
+        argv += ["--members", ",".join(followers)]
+    return argv
 
 
 def instance_env(plan, instance, settings):
@@ -332,6 +381,12 @@ def instance_env(plan, instance, settings):
     }
     # The planner's own per-instance variables (NCCL_P2P_DISABLE for cards without P2P).
     env.update({k: str(v) for k, v in (instance.get("env") or {}).items() if k in PLANNER_ENV})
+    member = group_member(plan)
+    if member:
+        # Between the group's servers: this member's own address, on the interface the plan names.
+        env["VLLM_HOST_IP"] = member["address"]
+        env["GLOO_SOCKET_IFNAME"] = plan["group"]["interface"]
+        env["NCCL_SOCKET_IFNAME"] = plan["group"]["interface"]
     if plan["device"] == "cpu":
         # A planned card is a worker process; VLLM_CPU_KVCACHE_SPACE is each worker's KV cache in GiB.
         env["VLLM_CPU_KVCACHE_SPACE"] = _fmt(plan["cpu_kvcache_space_gib"])
@@ -386,6 +441,9 @@ def build_launch(plan, settings, prefix=""):
         item = dict(instance)
         item["argv"] = instance_argv(plan, instance, checked)
         item["env"] = instance_env(plan, instance, checked)
+        if plan.get("group"):
+            item["guard_argv"] = guard_argv(plan)
+            item["role"] = "leader" if plan["group"]["node_rank"] == 0 else "follower"
         item["launch_sha1"] = launch_digest(item["argv"], item["env"])
         instances.append(item)
     out["instances"] = instances
@@ -509,10 +567,64 @@ def _check_instance_words(instance, name, where):
             raise LaunchError("extra_env", "%s: instance %s has environment %s=%r, which an environment file cannot carry safely" % (where, name, key, value))
 
 
+def _check_group_fields(group, where):
+    """The group's own fields: name, sizes, leader's address and port, interface."""
+    if not isinstance(group, dict):
+        raise LaunchError("gpufleet_server_group", "%s: group must be a mapping from gpufleet.serving.vllm_plan, not %r" % (where, group))
+    if not isinstance(group.get("name"), str) or not GROUP_NAME_RE.match(group["name"]):
+        raise LaunchError("gpufleet_server_group", "%s: group name %r must be 1-40 of a-z, 0-9, _ and -, first a letter or digit" % (where, group.get("name")))
+    nnodes = group.get("nnodes")
+    if not _is_int(nnodes) or not 2 <= nnodes <= MAX_GROUP_NODES:
+        raise LaunchError("gpufleet_server_group", "%s: group nnodes %r must be 2-%d" % (where, nnodes, MAX_GROUP_NODES))
+    if not _is_int(group.get("node_rank")) or not 0 <= group["node_rank"] < nnodes:
+        raise LaunchError("gpufleet_server_group", "%s: group node_rank %r must be 0-%d" % (where, group.get("node_rank"), nnodes - 1))
+    if not isinstance(group.get("master_addr"), str) or not ADDRESS_RE.match(group["master_addr"]):
+        raise LaunchError("gpufleet_group_address", "%s: group master_addr %r is not a host address" % (where, group.get("master_addr")))
+    port = group.get("master_port")
+    if not _is_int(port) or not 1024 <= port <= 65534:
+        raise LaunchError("gpufleet_group_port", "%s: group master_port %r must be 1024-65534 (the guard listens on the next port)" % (where, port))
+    if not isinstance(group.get("interface"), str) or not INTERFACE_RE.match(group["interface"]):
+        raise LaunchError("gpufleet_group_interface", "%s: interface %r is not an interface name (1-15 of A-Za-z0-9_.:-)" % (where, group.get("interface")))
+
+
+def _check_group_members(group, where):
+    """Every rank once, each with a host and an address; rank 0's address is the leader's."""
+    members = group.get("members")
+    if not isinstance(members, list) or len(members) != group["nnodes"]:
+        raise LaunchError("gpufleet_server_group", "%s: group members must list its %d servers, not %r" % (where, group["nnodes"], members))
+    ranks = set()
+    for member in members:
+        if not isinstance(member, dict) or not _is_int(member.get("rank")) or not 0 <= member["rank"] < group["nnodes"] or member["rank"] in ranks:
+            raise LaunchError("gpufleet_server_group", "%s: group member %r needs a rank of its own in 0-%d" % (where, member, group["nnodes"] - 1))
+        ranks.add(member["rank"])
+        if not isinstance(member.get("address"), str) or not ADDRESS_RE.match(member["address"]):
+            raise LaunchError("gpufleet_group_address", "%s: group member %r has no usable address" % (where, member.get("host")))
+        if not isinstance(member.get("host"), str) or not NAME_RE.match(member["host"]):
+            raise LaunchError("gpufleet_server_group", "%s: group member %r has no usable host name" % (where, member.get("host")))
+        if member["rank"] == 0 and member["address"] != group["master_addr"]:
+            raise LaunchError("gpufleet_group_address", "%s: group master_addr %r is not rank 0's %r" % (where, group["master_addr"], member["address"]))
+
+
+def check_group(plan, where):
+    """LaunchError for a group (topology pp) that vLLM's multi-node launch cannot run as planned."""
+    group = plan.get("group")
+    if plan["topology"] != "pp":
+        if group:
+            raise LaunchError("plan", "%s: only topology pp has a group, not %s" % (where, plan["topology"]))
+        return
+    _check_group_fields(group, where)
+    _check_group_members(group, where)
+    if plan.get("pipeline_parallel_size") != group["nnodes"]:
+        raise LaunchError("plan", "%s: pipeline_parallel_size %r must be the group's nnodes %d" % (where, plan.get("pipeline_parallel_size"), group["nnodes"]))
+    if len(plan["instances"]) != 1:
+        raise LaunchError("plan", "%s: a group member runs one instance, not %d" % (where, len(plan["instances"])))
+
+
 def check_plan(plan, prefix=""):
     """LaunchError for a plan that cannot be launched: shared cards or ports, ports out of range, unsafe words, disagreeing figures."""
     where = prefix + "plan" if prefix else "plan"
     _check_plan_shape(plan, where)
+    check_group(plan, where)
     owner = {}
     ports = {}
     for instance in plan["instances"]:
@@ -563,6 +675,30 @@ def exec_start(python, argv):
     if not isinstance(python, str) or not PATH_RE.match(python):
         raise ValueError("the interpreter must be an absolute path of plain characters, not %r" % (python,))
     return " ".join([python, *ENTRYPOINT] + [systemd_quote(word) for word in argv])
+
+
+def instance_command(python, instance, headless=""):
+    """The words that run one instance: vLLM's OpenAI server, or a group follower's ``vllm serve --headless`` (``headless``: its launcher)."""
+    if instance.get("role") == "follower":
+        if not isinstance(headless, str) or not PATH_RE.match(headless):
+            raise ValueError("a follower needs the absolute path of the headless launcher, not %r" % (headless,))
+        return [python, "-I", "-s", headless, *instance["argv"]]
+    return [python, *ENTRYPOINT, *instance["argv"]]
+
+
+def instance_exec_start(python, instance, guard="", headless=""):
+    """ExecStart= of one planned instance: its command, under the group guard when it is a member of a group.
+
+    ``guard`` and ``headless``: absolute paths of the launchers the vllm role installs (needed only in a group).
+    """
+    if not isinstance(python, str) or not PATH_RE.match(python):
+        raise ValueError("the interpreter must be an absolute path of plain characters, not %r" % (python,))
+    words = instance_command(python, instance, headless)
+    if instance.get("guard_argv"):
+        if not isinstance(guard, str) or not PATH_RE.match(guard):
+            raise ValueError("a group member needs the absolute path of the group guard, not %r" % (guard,))
+        words = [python, "-I", "-s", guard, *instance["guard_argv"], "--", *words]
+    return " ".join(systemd_quote(word) for word in words)
 
 
 def systemd_split(line):
