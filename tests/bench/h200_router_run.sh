@@ -49,6 +49,7 @@ setup() {
     base=${first%.t00}
     cat "$base".t[0-9][0-9] > "$base" && rm -f "$base".t[0-9][0-9]
   done
+  chmod +x "$XFER/extra/nginx/nginx"
   bash "$XFER/wh/install.sh" "$XFER/wh" --no-optional > "$OUT/install.log" 2>&1 || { tail -40 "$OUT/install.log"; exit 1; }
   tail -5 "$OUT/install.log"
   python3 -m pip install -q --no-index --no-deps --disable-pip-version-check "$XFER"/extra/whl/*.whl >> "$OUT/install.log" 2>&1 || exit 1
