@@ -121,7 +121,7 @@ start() {
     argv=(vllm serve "$MODEL" --served-model-name model --load-format dummy --dtype bfloat16 --max-model-len 8192
       --gpu-memory-utilization 0.12 "${kvflag[@]}" "${scale[@]}" --port "${PORTS[$i]}" --host 127.0.0.1)
     echo "instance $i on GPU ${GPUS[$i]}: ${argv[*]}" | tee -a "$OUT/commands.txt"
-    CUDA_VISIBLE_DEVICES=${GPUS[$i]} setsid nohup "${argv[@]}" > "$RUN/instance-$i.log" 2>&1 < /dev/null &
+    VLLM_CACHE_ROOT=$RUN/cache-$i CUDA_VISIBLE_DEVICES=${GPUS[$i]} setsid nohup "${argv[@]}" > "$RUN/instance-$i.log" 2>&1 < /dev/null &
     echo $! >> "$RUN/pids"
   done
   for i in "${!PORTS[@]}"; do
@@ -131,7 +131,7 @@ start() {
     pkill_group=$(sed -n "$((i + 1))p" "$RUN/pids"); kill -9 -- "-$pkill_group" 2>/dev/null; sleep 3
     argv=(vllm serve "$MODEL" --served-model-name model --load-format dummy --dtype bfloat16 --max-model-len 8192
       --gpu-memory-utilization 0.12 "${kvflag[@]}" "${scale[@]}" --port "${PORTS[$i]}" --host 127.0.0.1)
-    CUDA_VISIBLE_DEVICES=${GPUS[$i]} setsid nohup "${argv[@]}" > "$RUN/instance-$i.log" 2>&1 < /dev/null &
+    VLLM_CACHE_ROOT=$RUN/cache-$i CUDA_VISIBLE_DEVICES=${GPUS[$i]} setsid nohup "${argv[@]}" > "$RUN/instance-$i.log" 2>&1 < /dev/null &
     echo $! >> "$RUN/pids"
     wait_http "http://127.0.0.1:${PORTS[$i]}/health" 300 && echo "instance $i healthy at ${SECONDS}s (second start)"
   done
