@@ -15,7 +15,8 @@ GIB = 1024**3
 DTYPES = ("auto", "bfloat16", "float16", "float32", "fp8", "int4")
 DEVICES = ("cuda", "cpu")
 OBJECTIVES = ("throughput", "latency")
-TOPOLOGIES = ("auto", "dp", "tp", "vllm_dp")
+# pp: pipeline parallel over the servers of a server group (planner_group); it needs group.
+TOPOLOGIES = ("auto", "dp", "tp", "vllm_dp", "pp")
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_BASE_PORT = 8001

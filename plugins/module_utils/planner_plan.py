@@ -40,6 +40,7 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common im
     kv_bytes_for,
 )
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_fit import assess
+from ansible_collections.gpufleet.serving.plugins.module_utils.planner_group import plan_with_group
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_measured import check_measured, load_measured, measured_choice
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_model import (
     checkpoint_format,
@@ -72,6 +73,8 @@ PLAN_DEFAULTS = {
     "cpu_kvcache_space_gib": DEFAULT_CPU_KVCACHE_SPACE_GIB,
     "max_num_seqs": 0,
 }
+# plan()'s and _plan_topology()'s other keywords: measured, measured_max_age_days, now, group (a server group,
+# planner_group), and for plan() launch and launch_prefix.
 
 
 def _facts(gpus, gpu_profile, gpu_count):
@@ -155,7 +158,7 @@ def _checked_inputs(inputs):
     _check_inputs(inputs)
 
 
-def _assess(known, kwargs):
+def _assess(known, kwargs, check_fit=True):
     """The assessment; ``known`` is assessment()'s own record of the model's name and the cards' words as they are read."""
     unknown = sorted(set(kwargs) - set(PLAN_DEFAULTS))
     if unknown:
@@ -177,18 +180,21 @@ def _assess(known, kwargs):
     a.update(bandwidth=_bandwidth(cards, a["gpu_profile"], smallest), card_name=cards[0].get("name"), kv_bytes_per_token=kv_bytes_per_token(a["spec"]))
     a["sizes"], a["fits"], a["tp_min"] = assess(a["spec"], a["weights"], a["n"], budget=a["budget"], overhead=a["overhead"], tokens=a["tokens"])
     a["reasons"] = tuple(base_reasons(a, a["dtype_note"], a["weights_source"], smallest))
-    check_tensor_parallel(a)
+    if check_fit:
+        check_tensor_parallel(a)
     return a
 
 
-def assessment(**kwargs):
+def assessment(check_fit=True, **kwargs):
     """Everything the choosers read, made once: cards, model, budget, the fit of every split, the reasons and warnings so far.
 
-    A refusal's ``details`` carry the model's name and the cards' words when they were read.
+    A refusal's ``details`` carry the model's name and the cards' words when they were read. ``check_fit``
+    False leaves a model that fits no split of this server's cards (or a tensor_parallel_size that does not
+    fit) to the caller: a server group may still hold it.
     """
     known = {}
     try:
-        return _assess(known, kwargs)
+        return _assess(known, kwargs, check_fit)
     except PlanError as exc:
         exc.details = dict(known)
         raise
@@ -232,7 +238,15 @@ def _measured(a, estimate, measured, measured_max_age_days, now):
     return choose_measured(a, estimate, topology, reason)
 
 
-def _plan_topology(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE_DAYS, now=None, **kwargs):
+def _single(a, measured, measured_max_age_days, now):
+    """The plan of this server alone: the estimate's chooser, then the bake-off's measurement when one is given."""
+    estimate = dict(plan_of(a, choose(a, a["topology"])), source="estimated")
+    if measured is None or measured == "":
+        return estimate
+    return _measured(a, estimate, measured, measured_max_age_days, now)
+
+
+def _plan_topology(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE_DAYS, now=None, group=None, **kwargs):
     """The vllm_plan for one server, without its launch (see ``PLAN_DEFAULTS`` for the arguments).
 
     ``measured``: a bake-off measurement file (path, or its parsed content). With
@@ -243,15 +257,24 @@ def _plan_topology(measured=None, measured_max_age_days=DEFAULT_MEASURED_MAX_AGE
     ``estimated``. The measured topology is one more chooser over the same
     assessment: nothing is planned twice.
 
+    ``group``: the server group this host belongs to (``planner_group``). When
+    the model fits this server (and topology is not ``pp``) the plan is this
+    server's own, with ``group`` None and a sentence saying so; otherwise the
+    plan of this host's place in a pipeline of servers (topology ``pp``).
+    Without ``group`` nothing changes, and topology ``pp`` is refused.
+
     Raises PlanError naming the input to change; its ``details`` carry the model
     name and the cards when they were known.
     """
-    a = assessment(**kwargs)
+    grouped = group is not None or kwargs.get("topology") == "pp"
+    a = assessment(check_fit=not grouped, **kwargs)
     try:
-        estimate = dict(plan_of(a, choose(a, a["topology"])), source="estimated")
-        if measured is None or measured == "":
-            return estimate
-        return _measured(a, estimate, measured, measured_max_age_days, now)
+        if not grouped:
+            return _single(a, measured, measured_max_age_days, now)
+        result = plan_with_group(a, group, lambda: _single(a, measured, measured_max_age_days, now))
+        if result["topology"] == "pp" and measured is not None and measured != "":
+            result["reasons"].insert(0, "measured: the bake-off measures one server, so its results do not decide a server group's plan.")
+        return result
     except PlanError as exc:
         exc.details = {"model": a["name"], "cards": a["cards_words"]}
         raise

@@ -18,6 +18,7 @@ This module is the planner's public face; the work is done, by concern, in:
 - ``planner_choose``: one chooser per topology and objective, the measured winner as one more;
 - ``planner_measured``: the bake-off's measurement file, read and matched;
 - ``planner_narrate``: the figures turned into the plan's sentences;
+- ``planner_group``: server groups: tensor parallel inside each server, pipeline parallel across them;
 - ``planner_plan``: ``plan()``, which checks the inputs, assesses once and chooses;
 - ``planner_table``: the text table of plans.
 
@@ -89,6 +90,14 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common im
     other_bytes,
 )
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_fit import decode_ms, fit, tp_sizes
+from ansible_collections.gpufleet.serving.plugins.module_utils.planner_group import (
+    DEFAULT_MASTER_PORT,
+    MAX_GROUP_MEMBERS,
+    address_ok,
+    check_group,
+    stage_fits,
+    stage_layers,
+)
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_measured import check_measured, load_measured, measured_choice, parse_measured_time
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_model import (
     checkpoint_format,
@@ -116,6 +125,7 @@ __all__ = [
     "DEFAULT_BASE_PORT",
     "DEFAULT_CPU_KVCACHE_SPACE_GIB",
     "DEFAULT_GPU_MEMORY_UTILIZATION",
+    "DEFAULT_MASTER_PORT",
     "DEFAULT_MEASURED_MAX_AGE_DAYS",
     "DEFAULT_MODEL_ROOT",
     "DEFAULT_OVERHEAD_GIB",
@@ -136,6 +146,7 @@ __all__ = [
     "MAX_EXPERTS",
     "MAX_GPUS",
     "MAX_GPU_INDEX",
+    "MAX_GROUP_MEMBERS",
     "MAX_INDEX_BYTES",
     "MAX_MEASURED_AGE_DAYS",
     "MAX_MEASURED_BYTES",
@@ -161,6 +172,8 @@ __all__ = [
     "TOPOLOGIES",
     "TP_SCALING_EFFICIENCY",
     "PlanError",
+    "address_ok",
+    "check_group",
     "check_measured",
     "checkpoint_format",
     "checkpoint_weights",
@@ -183,6 +196,8 @@ __all__ = [
     "read_safetensors_header",
     "resolve_dtype",
     "rows_from_results",
+    "stage_fits",
+    "stage_layers",
     "topology_words",
     "tp_sizes",
     "weight_bytes",

@@ -25,6 +25,10 @@ description:
     C(--data-parallel-size) when O(single_endpoint=true). For O(objective=latency) it estimates the per-token
     time at batch 1 from the card's memory bandwidth and the interconnect, and uses tensor parallel only when
     that pays.
+  - With O(group) (the host's server group), a model that does not fit this server is planned across servers of
+    the group with vLLM's own multi-node launch, tensor parallel inside each server and pipeline parallel across
+    them (topology V(pp)), over the smallest number of servers whose fullest card fits; a group of twice that or more
+    is split into several such pipelines. A model that fits this server ignores the group.
   - Refuses MIG-enabled cards, and models that fit nowhere, saying by how much they miss and what would fit
     (fewer tokens, fp8, int4, more or bigger cards). Every refusal names the parameter to change.
   - Reads only the model's files on the host the module runs on (delegate it to the control node to plan from
@@ -105,8 +109,9 @@ options:
     description:
       - V(auto) lets the planner choose. V(dp), V(tp) and V(vllm_dp) force a topology; it is still checked for fit.
       - V(tp) fills all cards with tensor-parallel groups, so on four or more cards it may give V(tp_dp).
+      - V(pp) plans the server group O(group) even when the model fits one server (tests, small models); it needs O(group).
     type: str
-    choices: [auto, dp, tp, vllm_dp]
+    choices: [auto, dp, tp, vllm_dp, pp]
     default: auto
   tensor_parallel_size:
     description:
@@ -124,6 +129,57 @@ options:
       - GiB per card reserved beside weights and KV cache for activations, CUDA graphs and NCCL/cuBLAS workspaces.
     type: float
     default: 2.0
+  group:
+    description:
+      - The server group this host belongs to (the inventory's C(gpufleet_server_group)), so that a model too big for
+        one server is planned across the group's servers, and only across them.
+      - Without it, nothing changes. With it, a model that fits this server is planned on this server alone (RV(plan.group) is
+        V(null) and a reason says so); otherwise, or with O(topology=pp), the plan is this host's place in a pipeline of
+        servers of the group, with tensor parallel over every card of a server, pipeline parallel over the smallest number of
+        servers that holds the model, in inventory order; the members are split into consecutive pipelines
+        V(<name>-0), V(<name>-1), ... and members left over are refused.
+      - All members must have the same cards (name, memory and count) and the same O(group.members[].vllm_version);
+        otherwise the plan is refused, naming the members that differ and in what.
+    type: dict
+    suboptions:
+      name:
+        description: The server group's name, 1-32 of V(a-z), V(0-9), V(_), V(-), starting with a letter or digit.
+        type: str
+      host:
+        description: The inventory name of the host this plan is for; one of O(group.members[].host).
+        type: str
+      members:
+        description: The group's servers in inventory order, this host included, 1 to 64 of them.
+        type: list
+        elements: dict
+        suboptions:
+          host:
+            description: The member's inventory name.
+            type: str
+          address:
+            description: The address the other members reach it by (IPv4 or IPv6 literal, or a DNS name).
+            type: str
+          gpus:
+            description: The member's C(nvidia_gpus) facts (as O(gpus)); or O(group.members[].gpu_profile) and O(group.members[].gpu_count).
+            type: dict
+          gpu_profile:
+            description: A catalogue profile of the member's cards (as O(gpu_profile)).
+            type: str
+          gpu_count:
+            description: How many O(group.members[].gpu_profile) cards the member has.
+            type: int
+          vllm_version:
+            description: The vLLM version the member runs; every member must run the same.
+            type: str
+      master_port:
+        description: The TCP port of the leader's C(torch.distributed) store (vLLM's C(--master-port)), 1024-65535.
+        type: int
+        default: 29500
+      interface:
+        description:
+          - The network interface the members reach each other on, for NCCL and gloo (C(NCCL_SOCKET_IFNAME), C(GLOO_SOCKET_IFNAME)).
+          - 1-15 letters, digits, V(_), V(.), V(:), V(-), not starting with V(-).
+        type: str
   measured:
     description:
       - A bake-off measurement file (written by C(playbooks/bakeoff.yml)) on the host the module runs on.
@@ -294,10 +350,33 @@ plan:
   contains:
     topology:
       description: V(dp) one vLLM per card; V(tp) one tensor-parallel vLLM; V(tp_dp) several tensor-parallel
-        instances; V(vllm_dp) one vLLM with C(--data-parallel-size) (and C(--tensor-parallel-size) when above 1).
+        instances; V(vllm_dp) one vLLM with C(--data-parallel-size) (and C(--tensor-parallel-size) when above 1);
+        V(pp) this host's part of a pipeline over the servers of RV(plan.group).
       type: str
       returned: success
       sample: dp
+    pipeline_parallel_size:
+      description: With V(pp), the servers of the pipeline (C(--pipeline-parallel-size), one stage per server).
+      type: int
+      returned: when topology is V(pp)
+      sample: 2
+    group:
+      description:
+        - With O(group) given, V(null) when the model fits this server alone; with V(pp), this host's pipeline.
+        - C(name) (V(<group>-<n>)), C(nnodes), C(node_rank) (this host's rank), C(leader) and C(master_addr) (rank 0's
+          inventory name and address), C(master_port), C(interface), and C(members) (C(host), C(address), C(rank)) of
+          this pipeline only.
+      type: dict
+      returned: when O(group) is given
+      sample:
+        name: big-0
+        nnodes: 2
+        node_rank: 1
+        leader: gpu1
+        master_addr: 10.0.0.1
+        master_port: 29500
+        interface: eth0
+        members: [{host: gpu1, address: 10.0.0.1, rank: 0}, {host: gpu2, address: 10.0.0.2, rank: 1}]
     tensor_parallel_size:
       description: Cards per copy of the model (C(--tensor-parallel-size)).
       type: int
@@ -456,6 +535,7 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_planner impo
     DEFAULT_BASE_PORT,
     DEFAULT_CPU_KVCACHE_SPACE_GIB,
     DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_MASTER_PORT,
     DEFAULT_MEASURED_MAX_AGE_DAYS,
     DEFAULT_OVERHEAD_GIB,
     DTYPES,
@@ -485,6 +565,7 @@ PLAN_ARGUMENTS = (
     "device",
     "cpu_kvcache_space_gib",
     "max_num_seqs",
+    "group",
 )
 # Options that are not planning inputs.
 OTHER_ARGUMENTS = ("launch", "variable_prefix")
@@ -502,6 +583,22 @@ LAUNCH_SPEC = dict(
     allreduce_multicast=dict(type="bool", default=DEFAULT_SETTINGS["allreduce_multicast"]),
     allow_remote_host=dict(type="bool", default=DEFAULT_SETTINGS["allow_remote_host"]),
     scale_out=dict(type="bool", default=DEFAULT_SETTINGS["scale_out"]),
+)
+GROUP_MEMBER_SPEC = dict(
+    host=dict(type="str"),
+    address=dict(type="str"),
+    gpus=dict(type="dict"),
+    gpu_profile=dict(type="str"),
+    gpu_count=dict(type="int"),
+    vllm_version=dict(type="str"),
+)
+# Only types here: the planner checks the values (planner_group.check_group), naming group.<key>.
+GROUP_SPEC = dict(
+    name=dict(type="str"),
+    host=dict(type="str"),
+    members=dict(type="list", elements="dict", options=GROUP_MEMBER_SPEC),
+    master_port=dict(type="int", default=DEFAULT_MASTER_PORT),
+    interface=dict(type="str"),
 )
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_]{0,32}$")
 
@@ -528,6 +625,7 @@ def main():
             device=dict(type="str", choices=list(DEVICES), default="cuda"),
             cpu_kvcache_space_gib=dict(type="int", default=DEFAULT_CPU_KVCACHE_SPACE_GIB),
             max_num_seqs=dict(type="int", default=0),
+            group=dict(type="dict", options=GROUP_SPEC),
             launch=dict(type="dict", default={}, options=LAUNCH_SPEC),
             variable_prefix=dict(type="str", default=""),
         ),
