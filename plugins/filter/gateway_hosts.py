@@ -88,11 +88,23 @@ def _host_vars(hostvars, hosts):
     return out
 
 
+def _group_follower(hostvars, host):
+    """True when this run's plan of host makes it a follower of a group of servers."""
+    try:
+        plan = hostvars[host].get("gpufleet_plan")
+    except (KeyError, TypeError, AttributeError):
+        return False
+    group = plan.get("group") if isinstance(plan, Mapping) else None
+    return isinstance(group, Mapping) and isinstance(group.get("node_rank"), int) and group["node_rank"] > 0
+
+
 def gateway_hosts(given, hostvars, server_hosts, fleet_hosts, default_port, *, is_server=False, is_fleet=False):
     if not isinstance(given, list) or not all(isinstance(b, Mapping) for b in given):
         raise AnsibleFilterError("gateway_backends must be a list of {address, name, port, weight}, not %r" % (given,))
     if not isinstance(hostvars, Mapping):
         raise AnsibleFilterError("gateway_hosts: hostvars must be the hostvars mapping")
+    # A follower of a group of servers (its plan's group, node_rank above 0) serves no HTTP: not a backend.
+    server_hosts = [host for host in server_hosts if not _group_follower(hostvars, host)]
     host_vars = _host_vars(hostvars, list(server_hosts) + list(fleet_hosts))
     from_group = backends([], list(server_hosts), host_vars, default_port)
     chosen = backends(given, [], {}, default_port) if given else from_group

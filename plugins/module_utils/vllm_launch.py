@@ -114,7 +114,7 @@ NO_MULTICAST_ENV = {
 NO_MULTICAST_ARGS = ("--compilation-config", '{"pass_config":{"fuse_allreduce_rms":false}}')
 PLANNED_ENV.update(dict.fromkeys(NO_MULTICAST_ENV, "{p}allreduce_multicast"))
 # Variables the launch and the vllm role write themselves (stale detection reads them).
-RESERVED_ENV = ("GPUFLEET_PORT", "GPUFLEET_UNIT_SHA1", "GPUFLEET_VLLM_PACKAGE", "GPUFLEET_LAUNCH_SHA1")
+RESERVED_ENV = ("GPUFLEET_PORT", "GPUFLEET_UNIT_SHA1", "GPUFLEET_VLLM_PACKAGE", "GPUFLEET_LAUNCH_SHA1", "GPUFLEET_GUARD_SHA1")
 # Variables the planner itself puts in an instance's env (kept when a launch is built again).
 PLANNER_ENV = ("NCCL_P2P_DISABLE",)
 # A group of servers (topology pp): its name, a member's address, the network interface between them.
@@ -444,16 +444,22 @@ def build_launch(plan, settings, prefix=""):
         if plan.get("group"):
             item["guard_argv"] = guard_argv(plan)
             item["role"] = "leader" if plan["group"]["node_rank"] == 0 else "follower"
-        item["launch_sha1"] = launch_digest(item["argv"], item["env"])
+        item["launch_sha1"] = launch_digest(item["argv"], item["env"], item.get("guard_argv") or ())
         instances.append(item)
     out["instances"] = instances
     check_plan(out, prefix)
     return out
 
 
-def launch_digest(argv, env):
-    """A short fingerprint of one instance's launch (its environment file carries it, so a changed launch is stale)."""
-    text = json.dumps({"argv": list(argv), "env": dict(env)}, sort_keys=True, separators=(",", ":"))
+def launch_digest(argv, env, guard=()):
+    """A short fingerprint of one instance's launch (its environment file carries it, so a changed launch is stale).
+
+    ``guard``: a group member's guard options (its followers' addresses, for one), left out when empty.
+    """
+    launch = {"argv": list(argv), "env": dict(env)}
+    if guard:
+        launch["guard"] = list(guard)
+    text = json.dumps(launch, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
@@ -514,7 +520,7 @@ def launch_mismatches(plan):
                 "instance %s: VLLM_CPU_KVCACHE_SPACE is %r but the plan's KV cache is %r GiB"
                 % (name, env.get("VLLM_CPU_KVCACHE_SPACE"), plan.get("cpu_kvcache_space_gib"))
             )
-        if "launch_sha1" in instance and instance["launch_sha1"] != launch_digest(instance.get("argv") or [], env):
+        if "launch_sha1" in instance and instance["launch_sha1"] != launch_digest(instance.get("argv") or [], env, instance.get("guard_argv") or ()):
             problems.append("instance %s: launch_sha1 is not the fingerprint of its argv and env (edited by hand?)" % name)
         if env.get("GPUFLEET_PORT") != str(instance.get("port")):
             problems.append("instance %s: GPUFLEET_PORT is %r but its port is %r" % (name, env.get("GPUFLEET_PORT"), instance.get("port")))
