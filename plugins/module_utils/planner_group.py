@@ -311,14 +311,15 @@ def _stage_words(stage, overhead):
     return "%s weights + %s KV cache + %s overhead = %s" % (gib(stage["weights_card"]), gib(stage["kv_card"]), gib(overhead), gib(stage["need"]))
 
 
-def _fp8_hint(a, tp, limit):
+def _fp8_hint(a, tp, count):
+    """What fp8 weights (vLLM's on-load quantization) would need, when they are smaller than the planned dtype."""
     if LINEAR_BYTES["fp8"] >= LINEAR_BYTES[a["dtype"]]:
         return None
     small = dict(a, weights=weight_bytes(a["spec"], "fp8"), dtype="fp8")
-    pp, _stages = smallest_pipeline(small, tp, 2, max(limit, 2))
+    pp, _stages = smallest_pipeline(small, tp, 2, MAX_HINT_STAGES)
     if pp is None:
         return None
-    return "dtype fp8 (%s of weights) fits %d of these servers" % (gib(small["weights"]), pp)
+    return "dtype fp8 (%s of weights) on %d such servers%s" % (gib(small["weights"]), pp, " (the group has them)" if pp <= count else "")
 
 
 def refuse_group(a, group, tp):

@@ -32,6 +32,10 @@ def topology_words(vllm_plan):
         return "tp %d x dp %d" % (tp, dp)
     if topology == "vllm_dp":
         return "vllm_dp %d" % dp + ("" if tp == 1 else " x tp %d" % tp)
+    if topology == "pp":
+        # tensor parallel x pipeline parallel, the pipeline's name and this host's rank in it: "pp 2x2 big-0 rank 0"
+        group = vllm_plan.get("group") or {}
+        return "pp %dx%d %s rank %s" % (tp, vllm_plan.get("pipeline_parallel_size", 1), group.get("name", "?"), group.get("node_rank", "?"))
     return str(topology)
 
 
