@@ -168,3 +168,62 @@ def test_a_port_range_past_65535_is_refused(capsys, h200x2):
     result = run_module(capsys, {"gpus": h200x2, "model": MODEL_8B, "base_port": 65535, "variable_prefix": "plan_"})
     assert result["failed"] is True and result["param"] == "base_port"
     assert "plan_base_port" in result["msg"] and "65536" in result["msg"]
+
+
+def server_group(host, count, profile="l40s", **member_changes):
+    members = [
+        dict({"host": "gpu%d" % n, "address": "10.0.0.%d" % n, "gpu_profile": profile, "gpu_count": 2, "vllm_version": "0.26.0"}, **member_changes)
+        for n in range(1, count + 1)
+    ]
+    return {"name": "big", "host": host, "members": members, "interface": "eth0"}
+
+
+def test_a_server_group_through_the_module(capsys):
+    """Llama-3.1-70B on 48 GB cards: two servers, tensor parallel 2 x pipeline parallel 2; master_port takes its default."""
+    args = {"gpu_profile": "l40s", "gpu_count": 2, "model": MODEL_70B, "max_model_len": 8192, "group": server_group("gpu2", 2)}
+    result = run_module(capsys, args)
+    assert result["rc"] == 0, result.get("msg")
+    plan = result["plan"]
+    assert (plan["topology"], plan["tensor_parallel_size"], plan["pipeline_parallel_size"]) == ("pp", 2, 2)
+    assert plan["group"]["name"] == "big-0" and plan["group"]["node_rank"] == 1 and plan["group"]["master_port"] == 29500
+    assert plan["group"]["master_addr"] == "10.0.0.1" and plan["instances"][0]["role"] == "follower"
+    # A model that fits one server ignores the group.
+    plan = run_module(capsys, dict(args, gpu_profile="h200", group=server_group("gpu2", 2, "h200")))["plan"]
+    assert plan["topology"] == "tp" and plan["group"] is None
+
+
+@pytest.mark.parametrize(
+    ("group", "key"),
+    [
+        (server_group("gpu1", 2, address="10.0.0.1 --x"), "group.members[0].address"),
+        (server_group("gpu1", 65), "group.members"),
+        (dict(server_group("gpu1", 2), interface="-lo"), "group.interface"),
+        (dict(server_group("gpu1", 2), name="Big Group"), "group.name"),
+        (dict(server_group("gpu1", 2), master_port=22), "group.master_port"),
+        (server_group("gpu1", 2, vllm_version="0.26.0\n"), "group.members[0].vllm_version"),
+    ],
+)
+def test_hostile_server_groups_fail_naming_the_key(capsys, group, key):
+    result = run_module(capsys, {"gpu_profile": "l40s", "gpu_count": 2, "model": MODEL_70B, "group": group})
+    assert result["rc"] == 1 and result["failed"] is True and result["param"] == "group"
+    assert result["msg"].startswith(key + ": "), result["msg"]
+
+
+def test_members_that_differ_fail_naming_them(capsys):
+    group = server_group("gpu1", 3)
+    group["members"][2]["vllm_version"] = "0.25.0"
+    result = run_module(capsys, {"gpu_profile": "l40s", "gpu_count": 2, "model": MODEL_70B, "max_model_len": 8192, "group": group})
+    assert result["failed"] is True and result["param"] == "group"
+    assert "vllm_version: gpu1 has 0.26.0, but gpu3 has 0.25.0" in result["msg"]
+
+
+def test_the_group_option_is_documented_as_specified():
+    documented = yaml.safe_load(vllm_plan.DOCUMENTATION)["options"]["group"]
+    assert documented["type"] == "dict"
+    assert sorted(documented["suboptions"]) == sorted(vllm_plan.GROUP_SPEC)
+    assert sorted(documented["suboptions"]["members"]["suboptions"]) == sorted(vllm_plan.GROUP_MEMBER_SPEC)
+    assert documented["suboptions"]["master_port"]["default"] == vllm_planner.DEFAULT_MASTER_PORT
+    for name, spec in vllm_plan.GROUP_SPEC.items():
+        assert documented["suboptions"][name]["type"] == spec["type"], name
+    for name, spec in vllm_plan.GROUP_MEMBER_SPEC.items():
+        assert documented["suboptions"]["members"]["suboptions"][name]["type"] == spec["type"], name
