@@ -563,7 +563,7 @@ SCHEMAS = {
         "plan_gpu_memory_utilization": number(0.05, 0.99),
         "plan_objective": one_of("throughput", "latency"),
         "plan_single_endpoint": boolean,
-        "plan_topology": one_of("auto", "dp", "tp", "vllm_dp"),
+        "plan_topology": one_of("auto", "dp", "tp", "vllm_dp", "pp"),
         "plan_allreduce_multicast": boolean,
         "plan_base_port": port(1024),
         "plan_nvml_snapshot": control_path(),
