@@ -492,3 +492,58 @@ def test_measured_results_do_not_decide_a_group(tmp_path):
     result = plan_on("l40s", LLAMA_70B, 2, measured=str(tmp_path / "none.json"))
     assert result["topology"] == "pp"
     assert result["reasons"][0].startswith("measured: the bake-off measures one server")
+
+
+# ---------------------------------------------------------------------------
+# docs/planner.md, section 8: the table of servers needed is the planner's
+
+DOCS = Path(__file__).resolve().parents[4] / "docs" / "planner.md"
+TABLE_PROFILES = ("rtx-4090", "rtx-5090", "a100-40gb", "l40s", "a100-80gb", "h100-sxm", "h200")
+
+
+def stage_words(parts):
+    """Layers per stage: 20/20/20/20 for up to six stages, else runs such as "5 (stages 0-4), 6 (5-20), 5 (21)"."""
+    if len(parts) <= 6:
+        return "/".join(str(part) for part in parts)
+    runs = []
+    for rank, part in enumerate(parts):
+        if runs and runs[-1][0] == part:
+            runs[-1][2] = rank
+        else:
+            runs.append([part, rank, rank])
+    words = ["%d (%s)" % (part, first if first == last else "%d-%d" % (first, last)) for part, first, last in runs]
+    first, last = runs[0][1], runs[0][2]
+    words[0] = "%d (%s)" % (runs[0][0], "stage %d" % first if first == last else "stages %d-%d" % (first, last))
+    return ", ".join(words)
+
+
+def table_row(name, path, profile):
+    result = plan_on(profile, path, 64)
+    if result["topology"] != "pp":
+        weights, kv, need = independent(llama_config(path), profile, result["tensor_parallel_size"], 1)[0]
+        assert result["memory"]["weights_bytes_per_gpu"] == pytest.approx(weights, abs=1)
+        budget = int(0.9 * gpu_catalog.memory_bytes(gpu_catalog.PROFILES[profile]))
+        cells = (name, profile, "1", "tp %d" % result["tensor_parallel_size"], weights, kv, need, budget, "group not needed")
+    else:
+        memory = result["memory"]
+        cells = (
+            name,
+            profile,
+            str(result["pipeline_parallel_size"]),
+            "%d x %d" % (result["tensor_parallel_size"], result["pipeline_parallel_size"]),
+            memory["weights_bytes_per_gpu"],
+            memory["kv_bytes_per_gpu"],
+            memory["need_bytes_per_gpu"],
+            memory["usable_bytes_per_gpu"],
+            stage_words(memory["stage_layers"]),
+        )
+    return "| %s | %s | %s | %s | %.1f | %.1f | %.1f | %.1f | %s |" % (*cells[:4], *(value / GIB for value in cells[4:8]), cells[8])
+
+
+def test_the_docs_table_is_the_planners(llama_405b):
+    text = DOCS.read_text()
+    section = text[text.index("## 8. Models bigger than one server") :]
+    documented = [line for line in section.splitlines() if line.startswith("| Llama-3.1-")]
+    expected = [table_row(name, path, profile) for name, path in (("Llama-3.1-70B", LLAMA_70B), ("Llama-3.1-405B", llama_405b)) for profile in TABLE_PROFILES]
+    assert documented == expected, "\n".join(expected)
+    assert stage_words([5] * 5 + [6] * 16 + [5]) == "5 (stages 0-4), 6 (5-20), 5 (21)"
