@@ -1,15 +1,13 @@
 """The vllm role on a real host: real vLLM (CPU build) under systemd.
 
-The same tests run on t-vllm1 (`dp`, two instances) and t-vllm2 (`tp`, one
-instance over both "cards"); they read the plan each host realises from
-/etc/vllm/plan.json.
+The same tests run on t-vllm1 (`dp`, two instances) and t-vllm2 (`pp`, the
+leader of a group of two servers, tests/test_group.py); they read the plan
+each host realises from /etc/vllm/plan.json. `tp` runs in the site scenario.
 """
 
 import json
-import time
 
 import pytest
-import testinfra
 
 testinfra_hosts = ["podman://t-vllm1", "podman://t-vllm2"]
 # Each host serves its own model (gpufleet_models): t-vllm1 `tiny`, t-vllm2 `tiny-b`.
@@ -37,34 +35,17 @@ def post(host, port, path, body, stream=False):
     return out.stdout if stream else json.loads(out.stdout)
 
 
-def unit_pids(host, unit):
-    out = host.run("ps -eo pid=,unit=")
-    return {int(line.split()[0]) for line in out.stdout.splitlines() if line.split()[1:] == [unit]}
-
-
-def wait_ready(host, port, model, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        body = json.dumps({"model": model, "prompt": "ping", "max_tokens": 1})
-        out = host.run("curl -s -o /dev/null -w '%%{http_code}' " + KEY_HEADER + " -H 'content-type: application/json' "
-                       "-d %s http://127.0.0.1:%s/v1/completions", body, str(port))  # fmt: skip
-        if out.stdout.strip() == "200":
-            return
-        time.sleep(3)
-    raise AssertionError("instance on port %s not ready after %ss" % (port, timeout))
-
-
 def test_plan_shape(host, plan):
-    assert plan["topology"] == {"t-vllm1": "dp", "t-vllm2": "tp"}[host.backend.get_hostname()]
+    assert plan["topology"] == {"t-vllm1": "dp", "t-vllm2": "pp"}[host.backend.get_hostname()]
     assert served(plan) == MODELS[host.backend.get_hostname()]
     assert plan["launch"]["model_path"] == "/var/lib/vllm/models/" + served(plan)
     if plan["topology"] == "dp":
         assert [i["gpus"] for i in plan["instances"]] == [[0], [1]]
         assert [i["port"] for i in plan["instances"]] == [8001, 8002]
     else:
-        assert plan["topology"] == "tp"
-        assert plan["tensor_parallel_size"] == 2
-        assert [i["gpus"] for i in plan["instances"]] == [[0, 1]]
+        assert plan["topology"] == "pp"
+        assert (plan["tensor_parallel_size"], plan["pipeline_parallel_size"]) == (1, 2)
+        assert [i["gpus"] for i in plan["instances"]] == [[0]]
 
 
 def test_units_active_and_enabled(host, plan):
@@ -93,12 +74,15 @@ def test_each_instance_runs_exactly_the_plans_argument_vector(host, plan):
         dropin = host.file("/etc/systemd/system/vllm@%s.service.d/gpufleet-launch.conf" % inst["name"])
         assert dropin.exists and dropin.mode == 0o644
         pid = host.run("systemctl show -P MainPID vllm@%s.service", inst["name"]).stdout.strip()
+        if inst.get("guard_argv"):
+            # A group member: the unit's main process is the group guard (tests/test_group.py), vLLM its child.
+            pid = host.run("pgrep -P %s", pid).stdout.strip()
         cmdline = host.run("tr '\\0' '\\n' < /proc/%s/cmdline", pid).stdout.splitlines()
         assert cmdline[1:3] == ["-m", "vllm.entrypoints.openai.api_server"], cmdline
         assert cmdline[3:] == inst["argv"], (cmdline, inst["argv"])
         assert cmdline[cmdline.index("--port") + 1] == str(inst["port"])
-        if plan["topology"] == "tp":
-            assert cmdline[cmdline.index("--tensor-parallel-size") + 1] == "2"
+        if plan["topology"] == "pp":
+            assert cmdline[cmdline.index("--pipeline-parallel-size") + 1] == "2"
 
 
 def test_vllm_reports_the_kv_cache_the_plan_predicts(host, plan):
@@ -114,12 +98,16 @@ def test_vllm_reports_the_kv_cache_the_plan_predicts(host, plan):
 
 
 def test_listens_only_on_loopback(host, plan):
-    """vLLM listens on loopback only; the one port open beyond it is the server tier's nginx (port 8000)."""
+    """vLLM listens on loopback only; the one port open beyond it is the server tier's nginx (port 8000), and, on a
+    group's member, what vLLM's multi-node launch opens on the member's own address (the units let only the
+    group's members reach it: tests/test_group.py)."""
+    group = plan.get("group") or {}
+    own = [m["address"] + ":" for m in group.get("members", []) if m["host"] == host.backend.get_hostname()]
     listening = host.run("ss -Hltnp").stdout.split("\n")
     sockets = [(line.split()[3], line) for line in listening if line.strip()]
     assert sockets, "nothing listens"
     for addr, line in sockets:
-        assert addr.startswith(("127.0.0.1:", "[::1]:")) or (addr in ("0.0.0.0:8000", "*:8000") and '"nginx"' in line), line
+        assert addr.startswith(("127.0.0.1:", "[::1]:", *own)) or (addr in ("0.0.0.0:8000", "*:8000") and '"nginx"' in line), line
     for inst in plan["instances"]:
         assert host.socket("tcp://127.0.0.1:%s" % inst["port"]).is_listening
 
@@ -203,28 +191,3 @@ def test_security_exposure_at_most_3(host, plan):
     score = float(last.split(":")[1].split()[0])
     print("systemd-analyze security %s: %s" % (unit, score))
     assert score <= 3.0, last
-
-
-def test_sigkill_of_the_tp_instance_leaves_no_orphans_and_unit_recovers():
-    """On t-vllm2 (`tp`), where the API server has an engine core and a worker per card below it. A `dp`
-    instance is SIGKILLed under load in the site scenario, with the same no-orphan check."""
-    host = testinfra.get_host("podman://t-vllm2")
-    plan = json.loads(host.file("/etc/vllm/plan.json").content_string)
-    assert plan["topology"] == "tp"
-    inst = plan["instances"][0]
-    unit = "vllm@%s.service" % inst["name"]
-    main_pid = int(host.run("systemctl show -p MainPID --value %s", unit).stdout)
-    before = unit_pids(host, unit)
-    assert main_pid in before and len(before) > 1, before
-    host.run("kill -9 %s", str(main_pid))
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        alive = {p for p in before if host.run("test -d /proc/%s", str(p)).rc == 0}
-        if not alive:
-            break
-        time.sleep(1)
-    assert not alive, "processes of the killed instance survive: %s" % alive
-    wait_ready(host, inst["port"], served(plan))
-    new_pid = int(host.run("systemctl show -p MainPID --value %s", unit).stdout)
-    assert new_pid not in (0, main_pid)
-    assert host.service("vllm@%s" % inst["name"]).is_running
