@@ -364,3 +364,7 @@ def main(argv=None):
         return exc.status
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
