@@ -20,7 +20,7 @@ import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 from ansible_collections.gpufleet.serving.plugins.filter import systemd_exec_start
-from ansible_collections.gpufleet.serving.plugins.module_utils import fleet_models, nvml_facts, vllm_instances, vllm_launch, vllm_planner
+from ansible_collections.gpufleet.serving.plugins.module_utils import fleet_models, nvml_facts, server_groups, vllm_instances, vllm_launch, vllm_planner
 from ansible_collections.gpufleet.serving.plugins.modules import vllm_plan as vllm_plan_module
 from ansible_collections.gpufleet.serving.tests.unit.ansible_compat import load_trusted, trust_as_template
 
@@ -69,6 +69,13 @@ def molecule_vars(scenario, host):
         for group in platform.get("groups", []):
             groups.setdefault(group, []).append(platform["name"])
     models = inventory["group_vars"].get("all", {}).get("gpufleet_models", [])
+    model_groups = {model["group"] for model in models}
+    # The host's other groups (a server group's, for one), in name order as Ansible reads them.
+    for group in sorted(g for g, hosts in groups.items() if host in hosts and g != "gpu_servers" and g not in model_groups):
+        variables.update(inventory["group_vars"].get(group) or {})
+    if variables.get("gpufleet_server_group"):
+        variables["_test_host"] = host
+        variables["_test_group_hosts"] = [h for h in groups[next(g for g, hosts in groups.items() if host in hosts and g.startswith("group_"))]]
     for model in models:
         if host in groups.get(model["group"], []):
             variables.update(inventory["group_vars"][model["group"]])
@@ -84,6 +91,7 @@ INVENTORIES = {
     "example/gpu": lambda: yaml_file("inventory/example/group_vars/gpu_servers.yml"),
     "molecule-vllm/t-vllm1": lambda: molecule_vars("vllm", "t-vllm1"),
     "molecule-vllm/t-vllm2": lambda: molecule_vars("vllm", "t-vllm2"),
+    "molecule-vllm/t-vllm3": lambda: molecule_vars("vllm", "t-vllm3"),
     "molecule-site/t-site-gpu1": lambda: molecule_vars("site", "t-site-gpu1"),
     "molecule-site/t-site-gpu2": lambda: molecule_vars("site", "t-site-gpu2"),
 }
@@ -105,8 +113,17 @@ def plan_for(inventory, tmp_path):
         variables["plan_model_config"] = str(ROOT / "inventory" / "example" / "models" / "llama-3.1-8b-instruct")
     else:
         variables["plan_model_config"] = str(tiny)
-    variables["plan_nvml_snapshot"] = str(SNAPSHOT)
+    snapshot = Path(variables["plan_nvml_snapshot"].replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT))) if variables.get("_test_host") else SNAPSHOT
+    variables["plan_nvml_snapshot"] = str(snapshot)
     variables["plan_measured"] = ""
+    facts = {"nvidia_gpus": nvml_facts.facts_from_raw(json.loads(snapshot.read_text()), "snapshot")}
+    # roles/plan/vars/main.yml's _plan_group: the members as the facts of this run give them (addresses made up).
+    if variables.get("_test_host"):
+        hosts = variables["_test_group_hosts"]
+        members = [(h, {**variables, "ansible_facts": {**facts, "eth0": {"ipv4": {"address": "10.89.9.%d" % (n + 2)}}}}) for n, h in enumerate(hosts)]
+        variables["_plan_group"] = server_groups.group_input(variables["_test_host"], members, hosts)
+    else:
+        variables["_plan_group"] = {"group": None, "problems": []}
     variables.update(
         _plan_from_profile=False,
         _plan_from_snapshot=True,
@@ -114,7 +131,7 @@ def plan_for(inventory, tmp_path):
         _plan_served_name=variables.get("_plan_model_name") or variables["plan_served_model_name"],
         _plan_model_balance=variables.get("_plan_model_balance", ""),
         omit=OMIT,
-        ansible_facts={"nvidia_gpus": nvml_facts.facts_from_raw(json.loads(SNAPSHOT.read_text()), "snapshot")},
+        ansible_facts=facts,
     )
     tasks = yaml_file("roles/plan/tasks/plan.yml")
     args = next(t["gpufleet.serving.vllm_plan"] for t in tasks if "gpufleet.serving.vllm_plan" in t)
@@ -154,15 +171,25 @@ def render_instance(plan, instance):
     templar = Templar(loader=LOADER, variables=variables)
     # The collection's filter, called as the template calls it (the test's Templar has no collection loader).
     text = (role / "templates" / "vllm-launch.conf.j2").read_text()
-    call = "item.argv | gpufleet.serving.systemd_exec_start(_vllm_python)"
+    call = "item | gpufleet.serving.systemd_exec_start(_vllm_python, _vllm_group_guard, _vllm_headless)"
     assert call in text
     variables["_systemd_exec_start"] = systemd_exec_start.systemd_exec_start
     templar = Templar(loader=LOADER, variables=variables)
-    dropin = templar.template(trust_as_template(text.replace(call, "_systemd_exec_start(item.argv, _vllm_python)")))
+    dropin = templar.template(trust_as_template(text.replace(call, "_systemd_exec_start(item, _vllm_python, _vllm_group_guard, _vllm_headless)")))
     env_text = templar.template(trust_as_template((role / "templates" / "vllm.env.j2").read_text()), overrides={"trim_blocks": True, "lstrip_blocks": True})
     lines = [line for line in dropin.splitlines() if line.startswith("ExecStart=")]
     assert lines[0] == "ExecStart=", "the drop-in must reset the template's ExecStart="
     words = vllm_launch.systemd_split(lines[1][len("ExecStart=") :])
+    if instance.get("guard_argv"):
+        # A group member: the guard with the plan's options, then the member's own command.
+        guard = variables["vllm_install_dir"] + "/gpufleet-group-guard.py"
+        assert words[: 4 + len(instance["guard_argv"]) + 1] == [words[0], "-I", "-s", guard, *instance["guard_argv"], "--"]
+        words = words[4 + len(instance["guard_argv"]) + 1 :]
+        allow = [line for line in dropin.splitlines() if line.startswith("IPAddressAllow=")]
+        assert allow == ["IPAddressAllow=" + " ".join(m["address"] for m in plan["group"]["members"])], allow
+        if instance["role"] == "follower":
+            assert words[1:4] == ["-I", "-s", variables["vllm_install_dir"] + "/vllm-headless.py"]
+            words = [words[0], "-m", "vllm.entrypoints.openai.api_server", *words[4:]]  # compared as any instance below
     return words, vllm_instances.parse_env_file(env_text)
 
 
@@ -189,6 +216,9 @@ def test_rendered_units_run_what_the_plan_computed(name, tmp_path):
         if plan["device"] == "cpu":
             # The plan's KV tokens are the CPU build's KV-cache space over the bytes of a token on each worker.
             per_token = vllm_planner.kv_bytes_per_token(dict(vllm_planner.describe_model(TINY), kv_bytes=4), plan["tensor_parallel_size"])
+            if plan["topology"] == "pp":
+                # Each worker holds the KV of its pipeline stage's layers only: the fullest stage counts.
+                per_token = per_token * max(plan["memory"]["stage_layers"]) // TINY["num_hidden_layers"]
             assert plan["memory"]["kv_tokens_per_instance"] == int(instance["env"]["VLLM_CPU_KVCACHE_SPACE"]) * vllm_planner.GIB // per_token
             assert argv[argv.index("--dtype") + 1] == plan["dtype"] == "float32"
             assert "--gpu-memory-utilization" not in argv
@@ -247,10 +277,19 @@ def test_no_role_default_duplicates_a_plan_setting(role):
 
 
 def test_the_two_model_fleet_serves_each_servers_model_under_its_name(tmp_path):
-    """molecule/vllm's gpufleet_models: t-vllm1 in model_tiny, t-vllm2 in model_tiny_b."""
+    """molecule/vllm's gpufleet_models: t-vllm1 in model_tiny, t-vllm2 and t-vllm3 (a group) in model_tiny_b."""
     names = {}
-    for host in ("t-vllm1", "t-vllm2"):
+    for host in ("t-vllm1", "t-vllm2", "t-vllm3"):
         plan = plan_for(INVENTORIES["molecule-vllm/" + host](), tmp_path)
         (served,) = {i["argv"][i["argv"].index("--served-model-name") + 1] for i in plan["instances"]}
         names[host] = (served, plan["launch"]["model_path"])
-    assert names == {"t-vllm1": ("tiny", "/var/lib/vllm/models/tiny"), "t-vllm2": ("tiny-b", "/var/lib/vllm/models/tiny-b")}
+    b = ("tiny-b", "/var/lib/vllm/models/tiny-b")
+    assert names == {"t-vllm1": ("tiny", "/var/lib/vllm/models/tiny"), "t-vllm2": b, "t-vllm3": b}
+
+
+def test_the_group_of_the_vllm_scenario_plans_a_leader_and_a_follower(tmp_path):
+    leader = plan_for(INVENTORIES["molecule-vllm/t-vllm2"](), tmp_path)
+    follower = plan_for(INVENTORIES["molecule-vllm/t-vllm3"](), tmp_path)
+    assert (leader["topology"], leader["group"]["node_rank"], follower["group"]["node_rank"]) == ("pp", 0, 1)
+    assert leader["group"]["members"] == follower["group"]["members"]
+    assert "--headless" in follower["instances"][0]["argv"] and "--headless" not in leader["instances"][0]["argv"]
