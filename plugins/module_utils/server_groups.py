@@ -62,7 +62,10 @@ def _member(host, own, problems):
     interface = _interface(own, facts)
     address = _address(own, facts, interface)
     cards = _cards(own, facts)
-    if interface is None:
+    given = own.get("gpufleet_group_interface")
+    if interface is None and given:
+        problems.append("%s: gpufleet_group_interface %r is not a network interface name (1-15 of A-Za-z0-9_.:-)" % (host, given))
+    elif interface is None:
         problems.append("%s: gpufleet_group_interface is unset and the facts name no default route's interface: set it to the NIC between the servers" % host)
     if address is None:
         problems.append("%s: no IP address on interface %s in the facts: set gpufleet_group_address to this server's IP in the group" % (host, interface))
