@@ -51,7 +51,9 @@ HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 DNS_NAME_RE = re.compile(r"%s(?:\.%s)*" % (DNS_LABEL, DNS_LABEL))
 INTERFACE_RE = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,14}")
-VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
+# A version such as 0.26.0, or words such as "(the vllm role's default)" that the plan role gives for a version it
+# leaves to the vllm role: compared between members and shown in refusals, never run.
+VERSION_RE = re.compile(r"[0-9A-Za-z(][0-9A-Za-z .+_()'-]{0,63}")
 MAX_GROUP_MEMBERS = 64
 MAX_ADDRESS_LENGTH = 253
 DEFAULT_MASTER_PORT = 29500
@@ -150,7 +152,9 @@ def _check_member(position, member):
         )
     version = member.get("vllm_version")
     if version is not None and (not isinstance(version, str) or not VERSION_RE.fullmatch(version)):
-        raise group_error(where + ".vllm_version", "must be a vLLM version such as 0.26.0 (letters, digits, '.', '+', '_', '-'), not %s" % _show(version))
+        raise group_error(
+            where + ".vllm_version", "must be a vLLM version such as 0.26.0 (1-64 letters, digits, spaces and . + _ ( ) ' -), not %s" % _show(version)
+        )
     cards, links = _member_cards(where, member)
     return {"host": host, "address": address, "vllm_version": version, "signature": card_signature(cards), "links": links, "cards": cards}
 

@@ -78,12 +78,10 @@ def h200x2():
     return nvml_facts.facts_from_raw(json.loads((FIXTURES / "nvml" / "h200x2-nvlink.nvml.json").read_text()), "snapshot")
 
 
-def members(count, profile="l40s", **changes):
-    """``count`` two-card servers gpu1, gpu2, ... of a catalogue profile, at 10.0.0.1, 10.0.0.2, ..."""
-    out = [{"host": "gpu%d" % n, "address": "10.0.0.%d" % n, "gpu_profile": profile, "gpu_count": 2, "vllm_version": "0.26.0"} for n in range(1, count + 1)]
-    for position, change in changes.items():
-        out[int(position.lstrip("m"))].update(change)
-    return out
+def members(count, profile="l40s", **common):
+    """``count`` two-card servers gpu1, gpu2, ... of a catalogue profile, at 10.0.0.1, 10.0.0.2, ... (``common`` changes each)."""
+    base = {"gpu_profile": profile, "gpu_count": 2, "vllm_version": "0.26.0"}
+    return [dict(base, host="gpu%d" % n, address="10.0.0.%d" % n, **common) for n in range(1, count + 1)]
 
 
 def group(host, member_list, **changes):
@@ -339,6 +337,13 @@ def test_members_with_other_cards_are_refused_by_name():
     assert "gpu2 has 1 x NVIDIA L40S (48.0 GiB each)" in str(refused(gpu_profile="l40s", gpu_count=2, model=LLAMA_70B, group=group("gpu1", fewer)))
 
 
+def test_a_version_left_to_the_vllm_role_is_the_same_on_every_member():
+    same = members(2, vllm_version="(the vllm role's default)")
+    assert plan_on("l40s", LLAMA_70B, 2)["topology"] == "pp"
+    result = vp.plan(gpu_profile="l40s", gpu_count=2, model=LLAMA_70B, max_model_len=TOKENS, group=group("gpu2", same))
+    assert result["group"]["node_rank"] == 1
+
+
 def test_members_with_another_vllm_version_are_refused_by_name():
     mixed = members(4)
     mixed[1].update(vllm_version="0.25.1")
@@ -430,7 +435,10 @@ def hostile(**changes):
         ({"m0_address": ""}, "group.members[0].address"),
         ({"m0_address": "10.0.0.2"}, "group.members[1].address"),
         ({"m0_host": "gpu2"}, "group.members[1].host"),
-        ({"m0_vllm_version": "0.26.0 --trust-remote-code"}, "group.members[0].vllm_version"),
+        ({"m0_vllm_version": "0.26.0; rm -rf /"}, "group.members[0].vllm_version"),
+        ({"m0_vllm_version": "$(id)"}, "group.members[0].vllm_version"),
+        ({"m0_vllm_version": "-0.26.0"}, "group.members[0].vllm_version"),
+        ({"m0_vllm_version": "0" * 65}, "group.members[0].vllm_version"),
         ({"m0_vllm_version": 26}, "group.members[0].vllm_version"),
         ({"m0_gpu_count": 0}, "group.members[0].gpu_count"),
         ({"m0_gpu_count": 65}, "group.members[0].gpu_count"),
