@@ -22,9 +22,9 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then export GPU_LIST="0 0 1 1"; PP_GPUS
   echo "== stop $(date +%T)"; bash "$B/h200_router_run.sh" stop "$R/A"
   echo "== job B $(date +%T)"
   cp "$RUN/vllm-serve-help.txt" "$R/B/" 2>/dev/null
-  timeout 480 python3 "$B/pp_probe.py" --model "$XFER/extra/model" --out "$R/B" --tag leader_first --order leader --gap 30 --kill --master-port 29555 --gpus "$PP_GPUS" --gpu-memory-utilization 0.4
+  timeout 330 python3 "$B/pp_probe.py" --model "$XFER/extra/model" --out "$R/B" --tag leader_first --order leader --gap 30 --ready-limit 240 --kill --master-port 29555 --gpus "$PP_GPUS" --gpu-memory-utilization 0.4
   echo "== job B follower first $(date +%T)"
-  timeout 420 python3 "$B/pp_probe.py" --model "$XFER/extra/model" --out "$R/B" --tag follower_first --order follower --gap 30 --master-port 29655 --gpus "$PP_GPUS" --gpu-memory-utilization 0.4
+  timeout 270 python3 "$B/pp_probe.py" --model "$XFER/extra/model" --out "$R/B" --tag follower_first --order follower --gap 30 --ready-limit 200 --master-port 29655 --gpus "$PP_GPUS" --gpu-memory-utilization 0.4
   nvidia-smi
   echo "== done $(date +%T)"
 } > "$R/session.log" 2>&1

@@ -61,7 +61,12 @@ class Probe:
 
     def start(self, role):
         rank = 0 if role == "leader" else 1
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=self.args.gpus.split(",")[rank], **ENV)
+        gpus = self.args.gpus.split(",")
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[rank], VLLM_HOST_IP="127.0.0.1", GLOO_SOCKET_IFNAME="lo", **ENV)
+        if gpus[0] == gpus[1]:
+            # One card for both "nodes": NCCL refuses two ranks of one host on one GPU ("Duplicate GPU detected"),
+            # so each process gets a host id of its own and NCCL joins them as two hosts, over loopback sockets.
+            env.update(NCCL_HOSTID="gpufleet-probe-node-%d" % rank, NCCL_SOCKET_IFNAME="lo", NCCL_IB_DISABLE="1")
         log = open(Path(self.args.out) / ("%s-%s.log" % (self.args.tag, role)), "w")
         argv = self.argv(rank)
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
