@@ -204,6 +204,8 @@ def parse(argv):
 
 def main(argv=None):
     args = parse(argv)
+    # timeout(1) ends the probe with SIGTERM: stop both processes (the finally below) before going.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     probe = Probe(args)
     found = {"tag": args.tag, "order": args.order, "gap_s": args.gap}
