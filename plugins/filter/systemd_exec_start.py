@@ -16,8 +16,8 @@ description:
   - Returns C(<python> -m vllm.entrypoints.openai.api_server) followed by every argument of O(_input), each one word
     for systemd (double-quoted with backslash escapes when needed), C(%) doubled (specifiers) and C($) doubled
     (variables), so that a value with a space stays one argument and nothing is expanded.
-  - Given a whole plan instance instead of its C(argv), returns the instance's command as the vllm role runs it:
-    a member of a group of servers (topology C(pp)) runs under the group guard (O(guard)), and a follower runs
+  - Given a whole plan instance instead of its C(argv), returns the instance's command as the vllm role runs it.
+    A member of a group of servers (topology C(pp)) runs under the group guard (O(guard)), and a follower runs
     C(vllm serve --headless) through the headless launcher (O(headless)).
   - Fails on a control character (a newline would end the line).
 positional: _input, python

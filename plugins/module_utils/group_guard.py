@@ -336,6 +336,7 @@ def run(args):
     signal.signal(signal.SIGINT, on_term)
     peers = []
     child = None
+    status = EXIT_VLLM_ENDED
     try:
         if args.role == "leader":
             peers = gather_followers(args, allowed_peers(args.members))
@@ -367,4 +368,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

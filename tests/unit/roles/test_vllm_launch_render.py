@@ -75,7 +75,7 @@ def molecule_vars(scenario, host):
         variables.update(inventory["group_vars"].get(group) or {})
     if variables.get("gpufleet_server_group"):
         variables["_test_host"] = host
-        variables["_test_group_hosts"] = [h for h in groups[next(g for g, hosts in groups.items() if host in hosts and g.startswith("group_"))]]
+        variables["_test_group_hosts"] = list(groups[next(g for g, hosts in groups.items() if host in hosts and g.startswith("group_"))])
     for model in models:
         if host in groups.get(model["group"], []):
             variables.update(inventory["group_vars"][model["group"]])

@@ -79,6 +79,7 @@ def group(tmp_path):
 def test_the_leader_starts_only_once_every_follower_joined(tmp_path):
     port = free_port()
     leader = guard("leader", 0, port, sleeper(tmp_path / "l.pid"), nnodes=3, members="127.0.0.1")
+    one = two = None
     try:
         one = guard("follower", 1, port, sleeper(tmp_path / "f1.pid"), nnodes=3)
         wait_for(tmp_path / "f1.pid")
@@ -89,8 +90,9 @@ def test_the_leader_starts_only_once_every_follower_joined(tmp_path):
         wait_for(tmp_path / "f2.pid")
     finally:
         for proc in (leader, one, two):
-            proc.kill()
-            proc.wait()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_dead_follower_child_ends_the_whole_group(group):
