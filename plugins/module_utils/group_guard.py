@@ -23,8 +23,10 @@ unit, ``ExecStart=<python> -I -s <guard> <options> -- <vLLM's command>``):
   ``--join-timeout``) and starts its headless vLLM once it is welcomed;
 - both send a heartbeat every ``--beat`` seconds; when vLLM exits, or a peer
   closes its connection or is silent for ``--dead-after`` seconds, the guard
-  stops its vLLM (SIGTERM, SIGKILL after ``--stop-timeout``) and exits
-  non-zero. The leader's end closes every follower's connection, so one
+  kills its vLLM's whole process group at once (a broken group cannot finish
+  a request, and a headless worker left without its API process ignores
+  SIGTERM) and exits non-zero; a stop by systemd (SIGTERM) is graceful
+  (SIGTERM to the process group, SIGKILL after ``--stop-timeout``). The leader's end closes every follower's connection, so one
   member's death takes the whole group down within seconds, and systemd
   (``Restart=always``) starts each member again, which forms the group anew.
 
@@ -290,15 +292,33 @@ def join_leader(args):
     raise GuardError("group %s: could not join the leader at %s within %ss: %s" % (args.group, where, args.join_timeout, last_error), EXIT_NO_GROUP)
 
 
-def stop_child(child, timeout):
-    """SIGTERM, then SIGKILL after timeout seconds; its status."""
+def _signal_group(child, signum):
+    """Send signum to vLLM's whole process group (its engine and workers with it); gone already is fine."""
+    try:
+        os.killpg(child.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_child(child, timeout, broken=False):
+    """Stop vLLM and every process it started; its status.
+
+    ``broken``: the group broke (a member's vLLM ended, a peer was lost): nothing it holds can finish, and a
+    headless worker whose API process died ignores SIGTERM (systemd then waits out TimeoutStopSec), so the
+    whole process group is killed at once. Else (a stop by systemd) SIGTERM first, SIGKILL after timeout.
+    """
+    if broken:
+        _signal_group(child, signal.SIGKILL)
+        child.wait()
+        return child.returncode
     if child.poll() is None:
-        child.terminate()
+        _signal_group(child, signal.SIGTERM)
         try:
             child.wait(timeout)
         except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            pass
+    _signal_group(child, signal.SIGKILL)
+    child.wait()
     return child.returncode
 
 
@@ -343,7 +363,8 @@ def run(args):
         else:
             peers = [join_leader(args)]
         log("group %s: rank %d starts vLLM" % (args.group, args.rank))
-        child = subprocess.Popen(args.command)  # the plan's command, checked by the role
+        # Its own process group: what it starts (engine core, workers) is stopped with it.
+        child = subprocess.Popen(args.command, start_new_session=True)  # the plan's command, checked by the role
         reason = watch(child, peers, args)
         raise reason
     except GuardError as exc:
@@ -353,7 +374,7 @@ def run(args):
         for peer in peers:
             peer.close()
         if child is not None:
-            stop_child(child, args.stop_timeout)
+            stop_child(child, args.stop_timeout, broken=status != 0)
     return status
 
 

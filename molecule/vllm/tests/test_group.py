@@ -109,18 +109,19 @@ def test_only_the_leader_serves_http(plans):
     port = plans[FOLLOWER]["instances"][0]["port"]
     assert sh(FOLLOWER, "curl", "-s", "-m", "5", "http://127.0.0.1:%d/health" % port, check=False).returncode != 0
     # Only the leader is a backend of the fleet gateway's tiny-b pool.
-    conf = sh(GATEWAY, "sh", "-c", "cat /etc/nginx/sites-enabled/* /etc/nginx/gpufleet/*.conf 2>/dev/null").stdout
+    conf = sh(GATEWAY, "cat", "/etc/nginx/conf.d/gpufleet.conf").stdout
     assert "# %s" % LEADER in conf and "# %s" % FOLLOWER not in conf
 
 
 def test_group_traffic_only_from_members(plans):
-    """The units let only the group's addresses through (besides loopback): a member reaches the leader's guard
-    port, the gateway host (not a member) does not."""
+    """The units let only the group's addresses through (besides loopback): a member reaches the leader's
+    rendezvous (vLLM's TCP store, which listens on every address), the gateway host (not a member) does not."""
     addresses = sorted(m["address"] for m in plans[LEADER]["group"]["members"])
     for container in (LEADER, FOLLOWER):
         allowed = unit(container, "IPAddressAllow").split()
         assert all(a + "/32" in allowed or a in allowed for a in addresses), allowed
-    leader_ip, port = plans[LEADER]["group"]["master_addr"], plans[LEADER]["group"]["master_port"] + 1
+    leader_ip, port = plans[LEADER]["group"]["master_addr"], plans[LEADER]["group"]["master_port"]
+    assert ":%d " % port in sh(LEADER, "ss", "-Hltn").stdout
     probe = "timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%d'" % (leader_ip, port)
     assert sh(FOLLOWER, "sh", "-c", probe, check=False).returncode == 0
     assert sh(GATEWAY, "sh", "-c", probe, check=False).returncode != 0

@@ -34,6 +34,17 @@ def sleeper(marker, seconds=60):
     return [PY, "-c", code]
 
 
+def stubborn(marker):
+    """A stand-in for vLLM whose worker (a grandchild of the guard) ignores SIGTERM, as a headless worker did."""
+    code = (
+        "import os, signal, subprocess, sys, time, pathlib\n"
+        "w = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
+        "pathlib.Path(%r).write_text(str(w.pid))\n"
+        "time.sleep(120)\n"
+    ) % str(marker)
+    return [PY, "-c", code]
+
+
 def wait_for(path, timeout=15):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -103,6 +114,28 @@ def test_a_dead_follower_child_ends_the_whole_group(group):
     status, err = ends(leader)
     assert status == gg.EXIT_PEER_LOST and "lost rank 1" in err, err
     assert not alive(pids["leader"]), "the leader's vLLM outlived its group"
+
+
+def test_a_broken_group_kills_what_vllm_started(tmp_path):
+    """A worker that ignores SIGTERM does not outlive its group (systemd would wait out TimeoutStopSec for it)."""
+    port = free_port()
+    follower = guard("follower", 1, port, stubborn(tmp_path / "worker.pid"))
+    leader = guard("leader", 0, port, sleeper(tmp_path / "l.pid"))
+    try:
+        worker = wait_for(tmp_path / "worker.pid")
+        wait_for(tmp_path / "l.pid")
+        leader.kill()
+        status, err = ends(follower, timeout=10)
+        assert status == gg.EXIT_PEER_LOST, err
+        deadline = time.time() + 5
+        while alive(worker) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not alive(worker), "the follower's worker outlived its group"
+    finally:
+        for proc in (leader, follower):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_dead_leader_ends_its_followers(group):
