@@ -94,13 +94,14 @@ def _inventory(tmp_path):
     config = yaml.safe_load((SCENARIO / "molecule.yml").read_text().replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT)))
     group_vars = config["provisioner"]["inventory"]["group_vars"]
     host_vars = config["provisioner"]["inventory"]["host_vars"]
-    bad = dict(host_vars["t-vllm2"], vllm_model_url="cache.example/models/tiny")
+    # t-vllm2 stands alone here (not in its server group): a plain server of tiny-b.
+    bad = dict(host_vars.get("t-vllm2") or {}, vllm_model_url="cache.example/models/tiny")
     inventory = {
         "all": {
             "vars": {"ansible_connection": "podman_pipelined", "ansible_python_interpreter": "/usr/bin/python3", **group_vars["all"]},
             "children": {
                 "gpu_servers": {
-                    "hosts": {"t-vllm1": host_vars["t-vllm1"], "t-vllm-cache": bad, "t-vllm2": host_vars["t-vllm2"]},
+                    "hosts": {"t-vllm1": host_vars["t-vllm1"], "t-vllm-cache": bad, "t-vllm2": host_vars.get("t-vllm2") or {}},
                     "vars": group_vars["gpu_servers"],
                 },
                 **_model_groups(group_vars, {"model_tiny": ["t-vllm1", "t-vllm-cache"], "model_tiny_b": ["t-vllm2"]}),
