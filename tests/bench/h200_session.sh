@@ -4,7 +4,8 @@
 # issue 23's probe (pp_probe.py: leader first with --kill, then follower first). Results under
 # OUTROOT/A and OUTROOT/B, the log in OUTROOT/session.log, OUTROOT/done at the end.
 #
-#   setsid nohup bash tests/bench/h200_session.sh /root/out > /dev/null 2>&1 &
+#   setsid nohup bash tests/bench/h200_session.sh /root/session > /dev/null 2>&1 &
+# Not under $OUT (on the lent machines $OUT is /root/out): each device call empties $OUT first.
 set -uo pipefail
 R=${1:?usage: h200_session.sh OUTROOT}
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
