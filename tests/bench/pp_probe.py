@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Issue 23's probe (device-side, not for CI): vLLM's own multi-node launch, pipeline parallel over two
 "nodes" of one host, one GPU each. A leader (`--node-rank 0`, the API server) and a headless follower
 (`--node-rank 1 --headless`) are started in the given order with a gap; the probe records when each

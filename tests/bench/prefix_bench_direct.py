@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """prefix_bench.py's shared-prefix workload against balancers given by URL: no podman, no ansible.
 A benchmark, not a test.
 
@@ -77,7 +76,7 @@ def ask(conn, prefix, cfg, messages, session):
 
 def system_prompts(cfg):
     rng = random.Random(cfg["seed"])
-    return [" ".join([cfg["salt"], "system", str(i)] + [rng.choice(WORDS) for _ in range(cfg["system_words"])]) for i in range(cfg["system_prompts"])]
+    return [" ".join([cfg["salt"], "system", str(i)] + [rng.choice(WORDS) for _unused in range(cfg["system_words"])]) for i in range(cfg["system_prompts"])]
 
 
 def run_workload(base, cfg):
@@ -97,7 +96,7 @@ def run_workload(base, cfg):
             local = random.Random(cfg["seed"] * 1000 + conv)
             messages = [{"role": "system", "content": systems[conv % len(systems)]}]
             for turn in range(cfg["turns"]):
-                messages.append({"role": "user", "content": " ".join(local.choice(WORDS) for _ in range(cfg["user_words"]))})
+                messages.append({"role": "user", "content": " ".join(local.choice(WORDS) for _unused in range(cfg["user_words"]))})
                 try:
                     ttft, total, text = ask(conn, prefix, cfg, messages, "conv-%s-%d" % (cfg["salt"], conv))
                 except Exception as exc:
@@ -112,7 +111,7 @@ def run_workload(base, cfg):
         conn.close()
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(cfg["concurrency"])]
+    threads = [threading.Thread(target=worker) for _unused in range(cfg["concurrency"])]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -200,12 +199,12 @@ def overhead(paths, args):
     conns = {name: connect(base) for name, base in paths}
     cfg = {"model": args.model, "max_tokens": args.max_tokens}
     rng = random.Random(args.seed + 99)
-    ttfts = {name: [] for name, _ in paths}
+    ttfts = {name: [] for name, _unused in paths}
     errors = []
     for i in range(args.warmup + args.requests):
-        for name, _ in paths:
-            system = " ".join(["overhead", name, str(i)] + [rng.choice(WORDS) for _ in range(args.system_words)])
-            user = " ".join(rng.choice(WORDS) for _ in range(args.user_words))
+        for name, _unused in paths:
+            system = " ".join(["overhead", name, str(i)] + [rng.choice(WORDS) for _unused in range(args.system_words)])
+            user = " ".join(rng.choice(WORDS) for _unused in range(args.user_words))
             conn, prefix = conns[name]
             try:
                 ttft = ask(conn, prefix, cfg, [{"role": "system", "content": system}, {"role": "user", "content": user}], "ovh-%s-%d" % (name, i))[0]
@@ -215,7 +214,7 @@ def overhead(paths, args):
                 continue
             if i >= args.warmup:
                 ttfts[name].append(ttft)
-    for conn, _ in conns.values():
+    for conn, _unused in conns.values():
         conn.close()
     first = paths[0][0]
     figures = {}
