@@ -202,7 +202,11 @@ def log(message):
 
 def _accept_hello(server, args, allowed, joined, deadline):
     """Wait for one follower's HELLO until deadline; its rank and Peer, or None when this connection was refused."""
-    conn, addr = server.accept()
+    try:
+        conn, addr = server.accept()
+    except OSError as exc:  # a connection reset before it was accepted
+        log("a join attempt failed: %s" % exc)
+        return None
     conn.settimeout(max(0.1, min(5.0, deadline - time.monotonic())))
     peer_ip = str(ipaddress.ip_address(addr[0].split("%")[0]))
     if allowed and peer_ip not in allowed:
