@@ -624,6 +624,10 @@ def check_group(plan, where):
         raise LaunchError("plan", "%s: pipeline_parallel_size %r must be the group's nnodes %d" % (where, plan.get("pipeline_parallel_size"), group["nnodes"]))
     if len(plan["instances"]) != 1:
         raise LaunchError("plan", "%s: a group member runs one instance, not %d" % (where, len(plan["instances"])))
+    instance = plan["instances"][0]
+    role = "leader" if group["node_rank"] == 0 else "follower"
+    if "guard_argv" in instance and (instance["guard_argv"] != guard_argv(plan) or instance.get("role") != role):
+        raise LaunchError("plan", "%s: the %s's guard options or role are not its group's (edited by hand?): plan again" % (where, role))
 
 
 def check_plan(plan, prefix=""):

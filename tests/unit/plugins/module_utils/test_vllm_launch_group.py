@@ -137,3 +137,11 @@ def test_a_member_edited_by_hand_is_refused(tiny):
     plan["instances"][0]["argv"].remove("--headless")
     with pytest.raises(vl.LaunchError, match="--headless"):
         vl.check_plan(plan)
+
+
+@pytest.mark.parametrize(("key", "value"), [("guard_argv", ["--role", "leader"]), ("role", "leader")])
+def test_guard_options_edited_by_hand_are_refused(tiny, key, value):
+    plan = copy.deepcopy(plans(tiny)[1])
+    plan["instances"][0][key] = value
+    with pytest.raises(vl.LaunchError, match="guard options or role"):
+        vl.check_plan(plan)
