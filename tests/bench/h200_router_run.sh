@@ -7,11 +7,16 @@
 #   h200_router_run.sh start OUT   start 4 instances, nginx (least_conn + the routers' worker routes), the router
 #   h200_router_run.sh bench OUT   the modes side by side, then the concurrency-1 TTFT overhead
 #   h200_router_run.sh conf OUT    only write the router's arguments and nginx.conf to OUT
-#   h200_router_run.sh stop OUT    stop what start started (by the process ids it saved)
+#   h200_router_run.sh extra OUT   after start: two more routers (workers = the instances, no nginx hop; the same
+#                                  with VLLM_ROUTER_TOKENIZER), the collection's two nginx tiers (extra/gw)
+#   h200_router_run.sh bench2 OUT  open-loop (Poisson) rounds after a rate calibration, the router variants,
+#                                  a closed-loop pair, the concurrency-1 overhead of every path
+#   h200_router_run.sh stop OUT    stop what start and extra started (by the process ids they saved)
 #
 # Carried files live in $XFER (default /root/xfer): wh/ (vLLM's wheels and install.sh, see
 # ../shared/gpu/README.md), extra/whl (vllm-router, orjson), extra/nginx (Debian 12's nginx and
-# its libraries), extra/model (a Llama-3.2-1B config.json and a tiny tokenizer; weights are dummy).
+# its libraries; modules/ngx_http_js_module.so from Debian 12's libnginx-mod-http-js), extra/model (a
+# Llama-3.2-1B config.json and a tiny tokenizer; weights are dummy), extra/gw (render_two_tier.py's output).
 set -uo pipefail
 step=${1:?usage: h200_router_run.sh setup|conf|start|bench|stop OUT}
 OUT=${2:?usage: h200_router_run.sh setup|conf|start|bench|stop OUT}
@@ -28,6 +33,10 @@ KV_BYTES=$((KV_BLOCKS * 16 * 32768))
 NGINX_PORT=8080
 WORKER_PORT=8199
 ROUTER_PORT=8200
+ROUTER_DIRECT_PORT=8210
+ROUTER_TOK_PORT=8220
+FLEET_PORT=80
+SERVER_PORT=8000
 mkdir -p "$OUT" "$RUN"
 
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -66,20 +75,44 @@ setup() {
   nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv
 }
 
-router_argv_json() { # the collection's own router_argv, workers = the loopback worker routes
+router_argv_json() { # PORT WORKER_URL... -> the collection's own router_argv for these workers
   mkdir -p "$RUN/ac/ansible_collections/gpufleet"
   ln -sfn "$REPO" "$RUN/ac/ansible_collections/gpufleet/serving"
-  PYTHONPATH=$RUN/ac python3 - "$ROUTER_PORT" "$WORKER_PORT" "${#PORTS[@]}" <<'PY'
+  PYTHONPATH=$RUN/ac python3 - "$@" <<'PY'
 import json, sys
 from ansible_collections.gpufleet.serving.plugins.module_utils.cache_router import router_argv
-port, worker_port, count = (int(v) for v in sys.argv[1:4])
+port = int(sys.argv[1])
 router = {
     "unit": "gpufleet-router-1", "policy": "cache_aware", "port": port, "metrics_port": port + 1,
     "health_interval": 5, "request_timeout": 300,  # gateway_router_health_interval, gateway_read_timeout (defaults)
-    "workers": ["http://127.0.0.1:%d/_gpufleet/worker/gpufleet_worker_1_%d" % (worker_port, i + 1) for i in range(count)],
+    "workers": sys.argv[2:],
 }
 print(json.dumps(router_argv(router)))
 PY
+}
+
+worker_routes() { # the loopback worker routes of nginx (the collection's shape)
+  local i
+  for i in "${!PORTS[@]}"; do echo "http://127.0.0.1:$WORKER_PORT/_gpufleet/worker/gpufleet_worker_1_$((i + 1))"; done
+}
+
+instance_urls() {
+  local p
+  for p in "${PORTS[@]}"; do echo "http://127.0.0.1:$p"; done
+}
+
+launch_router() { # NAME PORT ENV(NAME=VALUE or -) WORKER_URL...: start one vllm-router, detached
+  local name=$1 port=$2 setting=$3 rargv
+  shift 3
+  mapfile -t rargv < <(router_argv_json "$port" "$@" | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))')
+  echo "router $name: ${setting#-} vllm-router ${rargv[*]}" | tee -a "$OUT/commands.txt"
+  if [ "$setting" = - ]; then
+    setsid nohup vllm-router "${rargv[@]}" > "$RUN/router-$name.log" 2>&1 < /dev/null &
+  else
+    setsid nohup env "$setting" vllm-router "${rargv[@]}" > "$RUN/router-$name.log" 2>&1 < /dev/null &
+  fi
+  echo $! >> "$RUN/pids"
+  if wait_http "http://127.0.0.1:$port/health" 90; then echo "router $name healthy at ${SECONDS}s"; else echo "router $name not healthy"; tail -30 "$RUN/router-$name.log"; fi
 }
 
 nginx_conf() {
@@ -143,11 +176,8 @@ start() {
   else
     echo "NGINX FAILED"
   fi
-  mapfile -t rargv < <(router_argv_json | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))')
-  echo "router: vllm-router ${rargv[*]}" | tee -a "$OUT/commands.txt"
-  setsid nohup vllm-router "${rargv[@]}" > "$RUN/router.log" 2>&1 < /dev/null &
-  echo $! >> "$RUN/pids"
-  if wait_http "http://127.0.0.1:$ROUTER_PORT/health" 90; then echo "router healthy at ${SECONDS}s"; else echo "router not healthy"; tail -30 "$RUN/router.log"; fi
+  mapfile -t workers < <(worker_routes)
+  launch_router nginx "$ROUTER_PORT" - "${workers[@]}"
   for url in "http://127.0.0.1:${PORTS[0]}" "http://127.0.0.1:$NGINX_PORT" "http://127.0.0.1:$WORKER_PORT/_gpufleet/worker/gpufleet_worker_1_1" "http://127.0.0.1:$ROUTER_PORT"; do
     code=$(curl -s -o "$RUN/smoke.json" -w '%{http_code}' --max-time 60 "$url/v1/chat/completions" -H 'Content-Type: application/json' \
       -d '{"model":"model","messages":[{"role":"user","content":"hello world"}],"max_tokens":8}')
@@ -177,16 +207,114 @@ bench() {
 }
 
 conf() { # what start launches, without launching it
-  router_argv_json > "$OUT/router-argv.json"
+  mapfile -t workers < <(worker_routes)
+  router_argv_json "$ROUTER_PORT" "${workers[@]}" > "$OUT/router-argv.json"
   nginx_conf > "$OUT/nginx.conf"
+}
+
+smoke() { # URL [KEY]: one short chat completion
+  local key=() code
+  [ -n "${2:-}" ] && key=(-H "Authorization: Bearer $2")
+  code=$(curl -s -o "$RUN/smoke.json" -w '%{http_code}' --max-time 60 "$1/v1/chat/completions" -H 'Content-Type: application/json' "${key[@]}" \
+    -d '{"model":"model","messages":[{"role":"user","content":"hello world"}],"max_tokens":8}')
+  echo "smoke $1 -> $code $(head -c 160 "$RUN/smoke.json")"
+}
+
+extra() { # after start: the router without the nginx hop, the router with its own tokenizer, the two nginx tiers
+  local gw=$RUN/gw tier nginx=$XFER/extra/nginx/nginx
+  mapfile -t direct < <(instance_urls)
+  launch_router direct "$ROUTER_DIRECT_PORT" - "${direct[@]}"
+  launch_router tok "$ROUTER_TOK_PORT" "VLLM_ROUTER_TOKENIZER=$MODEL" "${direct[@]}"
+  smoke "http://127.0.0.1:$ROUTER_DIRECT_PORT"
+  smoke "http://127.0.0.1:$ROUTER_TOK_PORT"
+  grep -i "tokeniz\|error\|warn" "$RUN/router-tok.log" | head -20
+  for port in $((ROUTER_PORT + 1)) $((ROUTER_DIRECT_PORT + 1)) $((ROUTER_TOK_PORT + 1)); do
+    echo "router metrics $port: $(curl -s "http://127.0.0.1:$port/metrics" | grep kv_routing_inputs | grep -v '^#' | tr '\n' ' ')"
+  done
+  # The collection's own two tiers (render_two_tier.py): fleet tier on 80 (njs, keys) -> server tier on 8000 -> 8001, 8002.
+  mkdir -p "$gw/log" "$gw/tmp"
+  cp "$XFER/extra/gw/"* "$gw/"
+  sed -i "s#@GW@#$gw#g; s#@NJS@#$XFER/extra/nginx/modules/ngx_http_js_module.so#g" "$gw"/*.conf
+  for tier in server fleet; do
+    if LD_LIBRARY_PATH=$XFER/extra/nginx/lib "$nginx" -p "$gw" -c "$gw/$tier-main.conf"; then echo "$tier tier up"; else echo "$tier TIER FAILED"; fi
+  done
+  sleep 1
+  smoke "http://127.0.0.1:$SERVER_PORT"
+  smoke "http://127.0.0.1:$FLEET_PORT" "$(cat "$gw/api-key.txt")"
+  curl -s --max-time 10 "http://127.0.0.1:$FLEET_PORT/health"; echo
+}
+
+router_metrics() { # TAG: the routers' routing counters now
+  local port
+  for port in $((ROUTER_PORT + 1)) $((ROUTER_DIRECT_PORT + 1)) $((ROUTER_TOK_PORT + 1)); do
+    curl -s "http://127.0.0.1:$port/metrics" > "$RUN/router-metrics-$1-$port.txt"
+    grep -E "^vllm_router_(kv_routing_inputs|prefix_routing_decisions|policy_decisions|cache_aware)" "$RUN/router-metrics-$1-$port.txt" | sed "s/^/$1 $port /"
+  done >> "$OUT/router-counters.txt"
+}
+
+bench2() {
+  local metrics=() resets=() p rate bench=$REPO/tests/bench/prefix_bench_direct.py think=${THINK:-1} rates=${CAL_RATES:-8 16 24 32}
+  for p in "${PORTS[@]}"; do metrics+=(--metrics "http://127.0.0.1:$p/metrics"); resets+=(--reset-url "http://127.0.0.1:$p/reset_prefix_cache"); done
+  local shape=(--model model --system-prompts 48 --system-words 1200 --turns 4 --user-words 30 --max-tokens 32 --seed 7 "${metrics[@]}" "${resets[@]}")
+  local lc=least_conn=http://127.0.0.1:$NGINX_PORT ca=cache_aware=http://127.0.0.1:$ROUTER_PORT
+  echo "== calibration $(date +%T): least_conn, Poisson, 128 conversations at each rate, think ${think}s" | tee -a "$OUT/bench2.txt"
+  for rate in $rates; do
+    echo "calibration: prefix_bench_direct.py --mode $lc ${shape[*]} --conversations 128 --arrival poisson --rate $rate --think $think" >> "$OUT/commands.txt"
+    timeout 120 python3 "$bench" --mode "$lc" "${shape[@]}" --conversations 128 --arrival poisson --rate "$rate" --think "$think" --json "$OUT/cal-$rate.json" > "$RUN/cal-$rate.txt" 2>&1
+    head -1 "$RUN/cal-$rate.txt" | sed "s/^/rate $rate: /" | tee -a "$OUT/bench2.txt"
+  done
+  # The highest rate at which the instances did not queue (vLLM's waiting gauge, summed, under 0.5 on average)
+  # and the median TTFT stayed within 1.5x of the lowest rate's.
+  rate=$(python3 - "$OUT" $rates <<'PY'
+import json, sys
+out, rates = sys.argv[1], sys.argv[2:]
+found = []
+for rate in rates:
+    try:
+        phase = json.load(open("%s/cal-%s.json" % (out, rate)))["modes"][0]
+    except (OSError, KeyError, IndexError, ValueError):
+        continue
+    found.append((float(rate), phase["gauges"].get("waiting_mean", 0.0), phase["ttft_median"]))
+good = [rate for rate, waiting, ttft in found if waiting < 0.5 and ttft <= 1.5 * found[0][2]]
+print("%g" % (max(good) if good else float(rates[0])))
+PY
+)
+  RATE=${RATE:-$rate}
+  echo "== rate chosen by the calibration: $rate conversations/s; used: $RATE" | tee -a "$OUT/bench2.txt"
+  local modes=()
+  for p in 1 2 3 4; do modes+=(--mode "$lc" --mode "$ca"); done
+  echo "== poisson $(date +%T)" | tee -a "$OUT/bench2.txt"
+  echo "poisson: prefix_bench_direct.py ${modes[*]} ${shape[*]} --conversations 384 --arrival poisson --rate $RATE --think $think" >> "$OUT/commands.txt"
+  timeout 900 python3 "$bench" "${modes[@]}" "${shape[@]}" --conversations 384 --arrival poisson --rate "$RATE" --think "$think" --json "$OUT/poisson.json" 2>&1 | tee -a "$OUT/bench2.txt"
+  router_metrics poisson
+  echo "== overhead $(date +%T)" | tee -a "$OUT/bench2.txt"
+  local ovh=(--overhead "direct=http://127.0.0.1:${PORTS[0]}" --overhead "nginx=http://127.0.0.1:$NGINX_PORT"
+    --overhead "router_nginx=http://127.0.0.1:$ROUTER_PORT" --overhead "router_direct=http://127.0.0.1:$ROUTER_DIRECT_PORT"
+    --overhead "router_tok=http://127.0.0.1:$ROUTER_TOK_PORT" --overhead "two_tier=http://127.0.0.1:$FLEET_PORT"
+    --api-key "$(cat "$RUN/gw/api-key.txt")" --requests "${OVH_REQUESTS:-100}" --warmup 5 --model model --system-words 1200 --user-words 30 --max-tokens 8)
+  echo "overhead: prefix_bench_direct.py ${ovh[*]}" >> "$OUT/commands.txt"
+  timeout 300 python3 "$bench" "${ovh[@]}" --json "$OUT/overhead.json" 2>&1 | tee -a "$OUT/bench2.txt"
+  router_metrics overhead
+  echo "== closed loop $(date +%T)" | tee -a "$OUT/bench2.txt"
+  echo "closed: prefix_bench_direct.py --mode $lc --mode $ca ${shape[*]} --conversations 384 --concurrency 24" >> "$OUT/commands.txt"
+  timeout 300 python3 "$bench" --mode "$lc" --mode "$ca" "${shape[@]}" --conversations 384 --concurrency 24 --json "$OUT/closed.json" 2>&1 | tee -a "$OUT/bench2.txt"
+  router_metrics closed
+  echo "== router with VLLM_ROUTER_TOKENIZER, Poisson rounds 1-2 $(date +%T)" | tee -a "$OUT/bench2.txt"
+  local tok=cache_aware_tok=http://127.0.0.1:$ROUTER_TOK_PORT
+  echo "tok: prefix_bench_direct.py --mode $tok --mode $tok ${shape[*]} --conversations 384 --arrival poisson --rate $RATE --think $think" >> "$OUT/commands.txt"
+  timeout 300 python3 "$bench" --mode "$tok" --mode "$tok" "${shape[@]}" --conversations 384 --arrival poisson --rate "$RATE" --think "$think" --json "$OUT/poisson-tok.json" 2>&1 | tee -a "$OUT/bench2.txt"
+  router_metrics tok
+  echo "== bench2 done $(date +%T)" | tee -a "$OUT/bench2.txt"
 }
 
 stop() {
   local pid
   mkdir -p "$OUT/logs"
-  cp "$RUN"/*.log "$RUN/router-metrics.txt" "$OUT/logs/" 2>/dev/null
+  cp "$RUN"/*.log "$RUN"/router-metrics*.txt "$OUT/logs/" 2>/dev/null
   cp "$RUN/nginx/error.log" "$OUT/logs/nginx-error.log" 2>/dev/null
+  cp "$RUN/gw/log/"*error*.log "$OUT/logs/" 2>/dev/null
   [ -f "$RUN/nginx/nginx.pid" ] && kill "$(cat "$RUN/nginx/nginx.pid")"
+  for pid in "$RUN/gw/fleet.pid" "$RUN/gw/server.pid"; do [ -f "$pid" ] && kill "$(cat "$pid")"; done
   while read -r pid; do kill -- "-$pid" 2>/dev/null; done < "$RUN/pids"
   sleep 8
   while read -r pid; do kill -9 -- "-$pid" 2>/dev/null; done < "$RUN/pids"
