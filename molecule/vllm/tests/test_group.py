@@ -154,12 +154,12 @@ def test_a_killed_follower_restarts_the_group(plans):
     follower_group = unit_processes(FOLLOWER, "vllm@main.service")
     victim = child_of(FOLLOWER, unit(FOLLOWER, "MainPID"))
     load = Load()
-    time.sleep(15)
+    time.sleep(8)
     killed_at = float(sh(FOLLOWER, "sh", "-c", "date +%%s.%%N; kill -9 %s" % victim).stdout.split()[0])
     wait_until("the leader's unit restarts", lambda: int(unit(LEADER, "NRestarts")) > leader_restarts, timeout=60, every=1)
     leader_down_at = time.time()
     back_at = wait_until("the fleet gateway serves tiny-b again", gateway_serves, timeout=600, every=2)
-    time.sleep(15)
+    time.sleep(10)
     summary = load.stop()
     records = load.records
     failed = [r for r in records if r["outcome"] != "ok"]
