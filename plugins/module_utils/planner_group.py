@@ -48,8 +48,6 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch impor
 
 GROUP_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-DNS_NAME_RE = re.compile(r"%s(?:\.%s)*" % (DNS_LABEL, DNS_LABEL))
 INTERFACE_RE = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,14}")
 # A version such as 0.26.0, or words such as "(the vllm role's default)" that the plan role gives for a version it
 # leaves to the vllm role: compared between members and shown in refusals, never run.
@@ -76,13 +74,14 @@ def _show(value):
 
 
 def address_ok(text):
-    """True for an IPv4/IPv6 literal (no zone) or a DNS name (labels of letters, digits and inner '-', not all-numeric at the end)."""
+    """True for an IPv4/IPv6 literal (no zone). Not a DNS name: the members' units accept group traffic by address
+    (IPAddressAllow=) and the group guard checks each peer's address, so a name would lock the members out."""
     if not isinstance(text, str) or not 1 <= len(text) <= MAX_ADDRESS_LENGTH:
         return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
-        return bool(DNS_NAME_RE.fullmatch(text)) and not text.rsplit(".", 1)[-1].isdigit()
+        return False
     return "%" not in text
 
 
@@ -148,7 +147,8 @@ def _check_member(position, member):
     address = member.get("address")
     if not address_ok(address):
         raise group_error(
-            where + ".address", "must be an IPv4 or IPv6 address (no zone) or a DNS name the other members reach %s by, not %s" % (host, _show(address))
+            where + ".address", "must be the IPv4 or IPv6 address (no zone) the other members reach %s at, not a name (the units and the group guard "
+            "let peers in by address; gpufleet_group_address sets it), not %s" % (host, _show(address))
         )
     version = member.get("vllm_version")
     if version is not None and (not isinstance(version, str) or not VERSION_RE.fullmatch(version)):

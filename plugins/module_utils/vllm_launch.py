@@ -593,6 +593,17 @@ def _check_group_fields(group, where):
         raise LaunchError("gpufleet_group_interface", "%s: interface %r is not an interface name (1-15 of A-Za-z0-9_.:-)" % (where, group.get("interface")))
 
 
+def _ip_literal(text):
+    """True for an IPv4 or IPv6 address without a zone: what IPAddressAllow= and the group guard compare peers with."""
+    if not isinstance(text, str) or not ADDRESS_RE.match(text) or "%" in text:
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_group_members(group, where):
     """Every rank once, each with a host and an address; rank 0's address is the leader's."""
     members = group.get("members")
@@ -603,8 +614,11 @@ def _check_group_members(group, where):
         if not isinstance(member, dict) or not _is_int(member.get("rank")) or not 0 <= member["rank"] < group["nnodes"] or member["rank"] in ranks:
             raise LaunchError("gpufleet_server_group", "%s: group member %r needs a rank of its own in 0-%d" % (where, member, group["nnodes"] - 1))
         ranks.add(member["rank"])
-        if not isinstance(member.get("address"), str) or not ADDRESS_RE.match(member["address"]):
-            raise LaunchError("gpufleet_group_address", "%s: group member %r has no usable address" % (where, member.get("host")))
+        if not _ip_literal(member.get("address")):
+            raise LaunchError(
+                "gpufleet_group_address",
+                "%s: group member %r needs an IP address (the units let peers in by address), not %r" % (where, member.get("host"), member.get("address")),
+            )
         if not isinstance(member.get("host"), str) or not NAME_RE.match(member["host"]):
             raise LaunchError("gpufleet_server_group", "%s: group member %r has no usable host name" % (where, member.get("host")))
         if member["rank"] == 0 and member["address"] != group["master_addr"]:

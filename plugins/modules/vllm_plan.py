@@ -157,7 +157,7 @@ options:
             description: The member's inventory name.
             type: str
           address:
-            description: The address the other members reach it by (IPv4 or IPv6 literal, or a DNS name).
+            description: The address the other members reach it by (an IPv4 or IPv6 literal, not a name; the units and the group guard let peers in by address).
             type: str
           gpus:
             description: The member's C(nvidia_gpus) facts (as O(gpus)); or O(group.members[].gpu_profile) and O(group.members[].gpu_count).

@@ -431,6 +431,7 @@ def hostile(**changes):
         ({"m0_address": "fe80::1%eth0"}, "group.members[0].address"),
         ({"m0_address": "10.0.0.999"}, "group.members[0].address"),
         ({"m0_address": "host_name.example"}, "group.members[0].address"),
+        ({"m0_address": "gpu1.fleet.example"}, "group.members[0].address"),
         ({"m0_address": "a" * 254}, "group.members[0].address"),
         ({"m0_address": ""}, "group.members[0].address"),
         ({"m0_address": "10.0.0.2"}, "group.members[1].address"),
@@ -460,9 +461,10 @@ def test_a_group_that_is_not_a_mapping():
 
 
 def test_addresses_and_hosts_that_are_fine():
-    for address in ("10.0.0.1", "2001:db8::1", "gpu1", "gpu1.fleet.example", "a-b.example"):
+    for address in ("10.0.0.1", "2001:db8::1", "fd00::12"):
         assert planner_group.address_ok(address), address
-    for address in ("gpu1.", ".gpu1", "a..b", "-a", "a-", "1.2.3", "10.0.0.1 ", "[::1]", None, 5):
+    # Names too: the members' units and group guards let peers in by address.
+    for address in ("gpu1", "gpu1.fleet.example", "a-b.example", "gpu1.", "a..b", "-a", "1.2.3", "10.0.0.1 ", "[::1]", "fe80::1%eth0", None, 5):
         assert not planner_group.address_ok(address), address
     checked = planner_group.check_group(group("gpu1.fleet", [dict(members(1)[0], host="gpu1.fleet")], master_port=None))
     assert checked["master_port"] == vp.DEFAULT_MASTER_PORT and checked["position"] == 0

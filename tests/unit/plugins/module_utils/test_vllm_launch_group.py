@@ -132,6 +132,16 @@ def test_check_plan_refuses_a_group_vllm_cannot_run(tiny, path, value, words):
     assert words in str(exc.value)
 
 
+@pytest.mark.parametrize("address", ["gpu2.fleet.example", "gpu2", "fe80::2%ens1", "10.0.0.256"])
+def test_a_member_named_instead_of_addressed_is_refused(tiny, address):
+    """IPAddressAllow= and the group guard compare peers by address: a name in a plan made by hand is refused."""
+    plan = copy.deepcopy(plans(tiny)[0])
+    plan["group"]["members"][1]["address"] = address
+    with pytest.raises(vl.LaunchError) as exc:
+        vl.check_plan(plan)
+    assert exc.value.param == "gpufleet_group_address" and "needs an IP address" in str(exc.value), str(exc.value)
+
+
 def test_a_member_edited_by_hand_is_refused(tiny):
     plan = copy.deepcopy(plans(tiny)[1])
     plan["instances"][0]["argv"].remove("--headless")
