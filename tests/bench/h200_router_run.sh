@@ -7,8 +7,9 @@
 #   h200_router_run.sh start OUT   start 4 instances, nginx (least_conn + the routers' worker routes), the router
 #   h200_router_run.sh bench OUT   the modes side by side, then the concurrency-1 TTFT overhead
 #   h200_router_run.sh conf OUT    only write the router's arguments and nginx.conf to OUT
-#   h200_router_run.sh extra OUT   after start: two more routers (workers = the instances, no nginx hop; the same
-#                                  with VLLM_ROUTER_TOKENIZER), the collection's two nginx tiers (extra/gw)
+#   h200_router_run.sh extra OUT   after start: three more routers, their workers the instances (no nginx hop):
+#                                  cache_aware, cache_aware with VLLM_ROUTER_TOKENIZER, round_robin (no render calls);
+#                                  the collection's two nginx tiers (extra/gw)
 #   h200_router_run.sh bench2 OUT  open-loop (Poisson) rounds after a rate calibration, the router variants,
 #                                  a closed-loop pair, the concurrency-1 overhead of every path
 #   h200_router_run.sh stop OUT    stop what start and extra started (by the process ids they saved)
@@ -35,6 +36,7 @@ WORKER_PORT=8199
 ROUTER_PORT=8200
 ROUTER_DIRECT_PORT=8210
 ROUTER_TOK_PORT=8220
+ROUTER_RR_PORT=8230
 FLEET_PORT=80
 SERVER_PORT=8000
 mkdir -p "$OUT" "$RUN"
@@ -101,11 +103,29 @@ instance_urls() {
   for p in "${PORTS[@]}"; do echo "http://127.0.0.1:$p"; done
 }
 
-launch_router() { # NAME PORT ENV(NAME=VALUE or -) WORKER_URL...: start one vllm-router, detached
-  local name=$1 port=$2 setting=$3 rargv
-  shift 3
-  mapfile -t rargv < <(router_argv_json "$port" "$@" | python3 -c 'import json,sys; print("\n".join(json.load(sys.stdin)))')
+router_args() { # PORT POLICY WORKER_URL...: the collection's router_argv (made for the nginx worker routes, the only
+  # workers it accepts), then its workers replaced by the URLs given and its policy by POLICY; one argument a line
+  local port=$1 policy=$2 routes
+  shift 2
+  mapfile -t routes < <(worker_routes)
+  router_argv_json "$port" "${routes[@]}" | python3 -c '
+import json, sys
+argv, policy, workers = json.load(sys.stdin), sys.argv[1], sys.argv[2:]
+first = argv.index("--worker-urls") + 1
+last = first
+while last < len(argv) and not argv[last].startswith("--"):
+    last += 1
+argv[first:last] = workers
+argv[argv.index("--policy") + 1] = policy
+print("\n".join(argv))' "$policy" "$@"
+}
+
+launch_router() { # NAME PORT ENV(NAME=VALUE or -) POLICY WORKER_URL...: start one vllm-router, detached
+  local name=$1 port=$2 setting=$3 policy=$4 rargv
+  shift 4
+  mapfile -t rargv < <(router_args "$port" "$policy" "$@")
   echo "router $name: ${setting#-} vllm-router ${rargv[*]}" | tee -a "$OUT/commands.txt"
+  [ "${#rargv[@]}" -gt 4 ] || { echo "router $name: no arguments, not started"; return 1; }
   if [ "$setting" = - ]; then
     setsid nohup vllm-router "${rargv[@]}" > "$RUN/router-$name.log" 2>&1 < /dev/null &
   else
@@ -177,7 +197,7 @@ start() {
     echo "NGINX FAILED"
   fi
   mapfile -t workers < <(worker_routes)
-  launch_router nginx "$ROUTER_PORT" - "${workers[@]}"
+  launch_router nginx "$ROUTER_PORT" - cache_aware "${workers[@]}"
   for url in "http://127.0.0.1:${PORTS[0]}" "http://127.0.0.1:$NGINX_PORT" "http://127.0.0.1:$WORKER_PORT/_gpufleet/worker/gpufleet_worker_1_1" "http://127.0.0.1:$ROUTER_PORT"; do
     code=$(curl -s -o "$RUN/smoke.json" -w '%{http_code}' --max-time 60 "$url/v1/chat/completions" -H 'Content-Type: application/json' \
       -d '{"model":"model","messages":[{"role":"user","content":"hello world"}],"max_tokens":8}')
@@ -208,7 +228,10 @@ bench() {
 
 conf() { # what start launches, without launching it
   mapfile -t workers < <(worker_routes)
+  mapfile -t direct < <(instance_urls)
   router_argv_json "$ROUTER_PORT" "${workers[@]}" > "$OUT/router-argv.json"
+  router_args "$ROUTER_DIRECT_PORT" cache_aware "${direct[@]}" > "$OUT/router-argv-direct.txt"
+  router_args "$ROUTER_RR_PORT" round_robin "${direct[@]}" > "$OUT/router-argv-rr.txt"
   nginx_conf > "$OUT/nginx.conf"
 }
 
@@ -220,15 +243,15 @@ smoke() { # URL [KEY]: one short chat completion
   echo "smoke $1 -> $code $(head -c 160 "$RUN/smoke.json")"
 }
 
-extra() { # after start: the router without the nginx hop, the router with its own tokenizer, the two nginx tiers
-  local gw=$RUN/gw tier nginx=$XFER/extra/nginx/nginx
+extra() { # after start: routers without the nginx hop (cache_aware, with its own tokenizer, round_robin), the two nginx tiers
+  local gw=$RUN/gw tier nginx=$XFER/extra/nginx/nginx port
   mapfile -t direct < <(instance_urls)
-  launch_router direct "$ROUTER_DIRECT_PORT" - "${direct[@]}"
-  launch_router tok "$ROUTER_TOK_PORT" "VLLM_ROUTER_TOKENIZER=$MODEL" "${direct[@]}"
-  smoke "http://127.0.0.1:$ROUTER_DIRECT_PORT"
-  smoke "http://127.0.0.1:$ROUTER_TOK_PORT"
+  launch_router direct "$ROUTER_DIRECT_PORT" - cache_aware "${direct[@]}"
+  launch_router tok "$ROUTER_TOK_PORT" "VLLM_ROUTER_TOKENIZER=$MODEL" cache_aware "${direct[@]}"
+  launch_router rr "$ROUTER_RR_PORT" - round_robin "${direct[@]}"
+  for port in "$ROUTER_DIRECT_PORT" "$ROUTER_TOK_PORT" "$ROUTER_RR_PORT"; do smoke "http://127.0.0.1:$port"; done
   grep -i "tokeniz\|error\|warn" "$RUN/router-tok.log" | head -20
-  for port in $((ROUTER_PORT + 1)) $((ROUTER_DIRECT_PORT + 1)) $((ROUTER_TOK_PORT + 1)); do
+  for port in $((ROUTER_PORT + 1)) $((ROUTER_DIRECT_PORT + 1)) $((ROUTER_TOK_PORT + 1)) $((ROUTER_RR_PORT + 1)); do
     echo "router metrics $port: $(curl -s "http://127.0.0.1:$port/metrics" | grep kv_routing_inputs | grep -v '^#' | tr '\n' ' ')"
   done
   # The collection's own two tiers (render_two_tier.py): fleet tier on 80 (njs, keys) -> server tier on 8000 -> 8001, 8002.
@@ -246,7 +269,7 @@ extra() { # after start: the router without the nginx hop, the router with its o
 
 router_metrics() { # TAG: the routers' routing counters now
   local port
-  for port in $((ROUTER_PORT + 1)) $((ROUTER_DIRECT_PORT + 1)) $((ROUTER_TOK_PORT + 1)); do
+  for port in $((ROUTER_PORT + 1)) $((ROUTER_DIRECT_PORT + 1)) $((ROUTER_TOK_PORT + 1)) $((ROUTER_RR_PORT + 1)); do
     curl -s "http://127.0.0.1:$port/metrics" > "$RUN/router-metrics-$1-$port.txt"
     grep -E "^vllm_router_(kv_routing_inputs|prefix_routing_decisions|policy_decisions|cache_aware)" "$RUN/router-metrics-$1-$port.txt" | sed "s/^/$1 $port /"
   done >> "$OUT/router-counters.txt"
@@ -290,7 +313,8 @@ PY
   echo "== overhead $(date +%T)" | tee -a "$OUT/bench2.txt"
   local ovh=(--overhead "direct=http://127.0.0.1:${PORTS[0]}" --overhead "nginx=http://127.0.0.1:$NGINX_PORT"
     --overhead "router_nginx=http://127.0.0.1:$ROUTER_PORT" --overhead "router_direct=http://127.0.0.1:$ROUTER_DIRECT_PORT"
-    --overhead "router_tok=http://127.0.0.1:$ROUTER_TOK_PORT" --overhead "two_tier=http://127.0.0.1:$FLEET_PORT"
+    --overhead "router_tok=http://127.0.0.1:$ROUTER_TOK_PORT" --overhead "router_rr=http://127.0.0.1:$ROUTER_RR_PORT"
+    --overhead "two_tier=http://127.0.0.1:$FLEET_PORT"
     --api-key "$(cat "$RUN/gw/api-key.txt")" --requests "${OVH_REQUESTS:-100}" --warmup 5 --model model --system-words 1200 --user-words 30 --max-tokens 8)
   echo "overhead: prefix_bench_direct.py ${ovh[*]}" >> "$OUT/commands.txt"
   timeout 300 python3 "$bench" "${ovh[@]}" --json "$OUT/overhead.json" 2>&1 | tee -a "$OUT/bench2.txt"
