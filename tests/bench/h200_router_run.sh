@@ -288,6 +288,7 @@ bench2() {
   done
   # The highest rate at which the instances did not queue (vLLM's waiting gauge, summed, under 0.5 on average)
   # and the median TTFT stayed within 1.5x of the lowest rate's.
+  # shellcheck disable=SC2086 # $rates: one argument a rate
   rate=$(python3 - "$OUT" $rates <<'PY'
 import json, sys
 out, rates = sys.argv[1], sys.argv[2:]

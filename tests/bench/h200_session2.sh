@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The second router session on a lent H200 machine (device-side; not for CI), run detached so that it
 # outlives one device call: h200_router_run.sh setup, start, extra (two more routers, the collection's
 # two nginx tiers), bench2 (rate calibration, Poisson rounds, overhead, closed-loop pair, router with
