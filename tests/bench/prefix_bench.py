@@ -36,6 +36,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prefix_bench_direct import line as figures_line  # the same one-line figures, both scripts (run from tests/bench)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs inside the gateway host (python3 of the image, standard library only).
@@ -193,6 +195,7 @@ def phase(args, mode, index, instances):
     return {
         "mode": mode,
         "requests": len(out["results"]),
+        "errors": 0,  # a failed request ends the run above
         "hit_rate": hits / queries if queries else 0.0,
         "cached_tokens": hits,
         "prompt_tokens": queries,
@@ -231,19 +234,7 @@ def main(argv=None):
         switch(args, mode)
         found = phase(args, mode, index, instances)
         figures.append(found)
-        print(
-            "%-12s %3d requests  prefix-cache hit rate %5.1f%% (%d of %d prompt tokens)  TTFT median %6.1f ms  p99 %6.1f ms  %5.2f req/s"
-            % (
-                mode,
-                found["requests"],
-                100 * found["hit_rate"],
-                found["cached_tokens"],
-                found["prompt_tokens"],
-                1000 * found["ttft_median"],
-                1000 * found["ttft_p99"],
-                found["requests_per_s"],
-            )
-        )
+        print(figures_line(found))
     base = figures[0]
     print()
     print("%d instance(s): %s" % (len(instances), ", ".join("%s:%d" % i for i in instances)))
