@@ -4,11 +4,9 @@
 
 from __future__ import annotations
 
-import base64
-import json
-
 from ansible.errors import AnsibleFilterError
 from ansible_collections.gpufleet.serving.plugins.module_utils.cache_router import backend_instances
+from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_layout import plans_read
 
 DOCUMENTATION = r"""
 name: gateway_backend_instances
@@ -49,23 +47,11 @@ _value:
   type: dict
 """
 
-MAX_PLAN_CHARS = 4 << 20
-
-
-def _remote_plan(result):
-    content = result.get("content") if isinstance(result, dict) else None
-    if not isinstance(content, str) or len(content) > MAX_PLAN_CHARS:
-        return None
-    try:
-        return json.loads(base64.b64decode(content))
-    except (ValueError, TypeError):
-        return None
-
 
 def gateway_backend_instances(servers, hostvars, remote=None):
     if not isinstance(servers, list):
         raise AnsibleFilterError("gateway_backend_instances: expects a list of server names, not %r" % (servers,))
-    fetched = {r.get("item"): _remote_plan(r) for r in (remote or []) if isinstance(r, dict)}
+    fetched = plans_read(remote)
     plans = {}
     for server in servers:
         plan = (hostvars.get(server) or {}).get("gpufleet_plan")

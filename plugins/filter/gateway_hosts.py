@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_layout import backends, fleet_peers, names_to_resolve
+from ansible_collections.gpufleet.serving.plugins.module_utils.gateway_layout import backends, fleet_peers, group_follower, names_to_resolve, plans_read
 
 DOCUMENTATION = r"""
 name: gateway_hosts
@@ -17,7 +17,11 @@ author: gpufleet.serving contributors (@gpufleet)
 description:
   - For the gateway role. The fleet tier's backends are O(_input) (C(gateway_backends)) when it is not empty, else
     every host of O(server_hosts) with its own C(gateway_address), C(gateway_server_port) and C(gateway_weight)
-    (O(default_port) and 1 when it sets none). Only those three host variables are read from O(hostvars).
+    (O(default_port) and 1 when it sets none). Only those three host variables and the plan are read from O(hostvars).
+  - A follower of a group of servers (its plan's C(group.node_rank) above 0) serves no HTTP and is no backend. A
+    server's plan is this run's (C(gpufleet_plan) in O(hostvars)), else the one read from the server (O(remote)), so
+    that a run limited to the gateways (C(playbooks/add_servers.yml)) leaves the followers out too. A server whose
+    plan is known neither way stays a backend.
   - The fleet peers are the C(gateway_address) (else the name) of every host of O(fleet_hosts).
   - Port and weight given as strings of digits become numbers; other values are passed on as they are, for the
     role's input check to name them.
@@ -54,6 +58,11 @@ options:
     description: Whether the host runs the fleet tier.
     type: bool
     default: false
+  remote:
+    description: The C(results) of a C(slurp) of the plan file of the servers outside this run (C(item) the server).
+    type: list
+    elements: dict
+    default: []
 """
 
 EXAMPLES = r"""
@@ -88,23 +97,25 @@ def _host_vars(hostvars, hosts):
     return out
 
 
-def _group_follower(hostvars, host):
-    """True when this run's plan of host makes it a follower of a group of servers."""
+def _plan(hostvars, host, fetched):
+    """This run's plan of host, else the plan read from it (None when neither is known)."""
     try:
         plan = hostvars[host].get("gpufleet_plan")
     except (KeyError, TypeError, AttributeError):
-        return False
-    group = plan.get("group") if isinstance(plan, Mapping) else None
-    return isinstance(group, Mapping) and isinstance(group.get("node_rank"), int) and group["node_rank"] > 0
+        plan = None
+    return plan if isinstance(plan, Mapping) and plan else fetched.get(host)
 
 
-def gateway_hosts(given, hostvars, server_hosts, fleet_hosts, default_port, *, is_server=False, is_fleet=False):
+def gateway_hosts(given, hostvars, server_hosts, fleet_hosts, default_port, *, is_server=False, is_fleet=False, remote=None):
     if not isinstance(given, list) or not all(isinstance(b, Mapping) for b in given):
         raise AnsibleFilterError("gateway_backends must be a list of {address, name, port, weight}, not %r" % (given,))
     if not isinstance(hostvars, Mapping):
         raise AnsibleFilterError("gateway_hosts: hostvars must be the hostvars mapping")
     # A follower of a group of servers (its plan's group, node_rank above 0) serves no HTTP: not a backend.
-    server_hosts = [host for host in server_hosts if not _group_follower(hostvars, host)]
+    if remote is not None and not isinstance(remote, list):
+        raise AnsibleFilterError("gateway_hosts: remote must be the results of a slurp loop, not %r" % (remote,))
+    fetched = plans_read(remote)
+    server_hosts = [host for host in server_hosts if not group_follower(_plan(hostvars, host, fetched))]
     host_vars = _host_vars(hostvars, list(server_hosts) + list(fleet_hosts))
     from_group = backends([], list(server_hosts), host_vars, default_port)
     chosen = backends(given, [], {}, default_port) if given else from_group

@@ -26,6 +26,8 @@ Everything here is pure: no host, no file, no network.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -88,6 +90,35 @@ BALANCES = ("least_conn", "round_robin", "hash_header")
 
 class GatewayLayoutError(ValueError):
     """Inputs the site model cannot be built from."""
+
+
+# The most a plan file read from a server (slurp) may hold.
+MAX_PLAN_CHARS = 4 << 20
+
+
+def plans_read(results):
+    """server -> the plan read from its plan file, from the results of a slurp loop over servers (item: the server).
+
+    A result without readable JSON (not reached, no file, too large, not a plan) gives None for its server."""
+    found = {}
+    for result in results or []:
+        if not isinstance(result, Mapping) or not isinstance(result.get("item"), str):
+            continue
+        content, plan = result.get("content"), None
+        if isinstance(content, str) and len(content) <= MAX_PLAN_CHARS:
+            try:
+                plan = json.loads(base64.b64decode(content, validate=True))
+            except (binascii.Error, ValueError, TypeError):
+                plan = None
+        found[result["item"]] = plan if isinstance(plan, Mapping) else None
+    return found
+
+
+def group_follower(plan):
+    """True when plan makes its server a follower of a group of servers (node_rank above 0): it serves no HTTP."""
+    group = plan.get("group") if isinstance(plan, Mapping) else None
+    rank = group.get("node_rank") if isinstance(group, Mapping) else None
+    return isinstance(rank, int) and not isinstance(rank, bool) and rank > 0
 
 
 def _int_or_raw(value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -39,6 +40,32 @@ def test_gateway_hosts_refuses_what_it_cannot_read():
         gateway_hosts([], HOSTVARS, ["gpu9"], [], 8000)
     with pytest.raises(AnsibleFilterError, match="gateway_backends must be a list"):
         gateway_hosts("10.0.0.1", HOSTVARS, [], [], 8000)
+
+
+def _read(host, plan):
+    """One result of the role's slurp loop over the servers outside the run."""
+    if plan is None:
+        return {"item": host, "failed": True, "msg": "file not found"}
+    return {"item": host, "content": base64.b64encode(json.dumps(plan).encode()).decode()}
+
+
+def test_gateway_hosts_leaves_a_groups_follower_out_whichever_way_its_plan_is_known():
+    """A follower (plan group.node_rank above 0) is no backend: known from this run's plan, or read from the server
+    when the run is limited to the gateways (add_servers.yml); a server with no known plan stays a backend."""
+    member = {"group": {"name": "pair-0", "node_rank": 1}}
+    hostvars = {"lead": {}, "fol": {}, "solo": {}, "new": {}, "gw1": {}}
+    servers = ["lead", "fol", "solo", "new"]
+    remote = [_read("lead", {"group": {"node_rank": 0}}), _read("fol", member), _read("solo", {"instances": []}), _read("new", None)]
+    out = gateway_hosts([], hostvars, servers, ["gw1"], 8000, is_fleet=True, remote=remote)
+    assert [b["name"] for b in out["backends"]] == ["lead", "solo", "new"]
+    # This run's plan comes first, and a file that is not a plan counts as none.
+    hostvars["fol"] = {"gpufleet_plan": member}
+    broken = [{"item": "fol", "content": "bm90IGpzb24="}, _read("lead", {"group": {"node_rank": True}})]
+    out = gateway_hosts([], hostvars, servers, ["gw1"], 8000, is_fleet=True, remote=broken)
+    assert [b["name"] for b in out["backends"]] == ["lead", "solo", "new"]
+    assert [b["name"] for b in gateway_hosts([], {**hostvars, "fol": {}}, servers, [], 8000, remote=broken)["backends"]] == servers
+    with pytest.raises(AnsibleFilterError, match="remote must be the results"):
+        gateway_hosts([], hostvars, servers, [], 8000, remote="x")
 
 
 def test_gateway_site_model_names_a_missing_input():
