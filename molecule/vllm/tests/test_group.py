@@ -4,7 +4,8 @@ vLLM's own multi-node launch (`--nnodes`, `--node-rank`, `--master-addr`,
 followers `--headless`), each member's unit under the group guard
 (plugins/module_utils/group_guard.py). The fault case kills the follower's
 vLLM under load through the fleet gateway and measures how long the group
-takes to serve again and which requests failed; the figures go to
+takes to serve again and which requests failed (t-vllm4 serves tiny-b too,
+so the fleet keeps serving the model meanwhile); the figures go to
 .cache/reports/vllm-group.json.
 """
 
@@ -21,6 +22,8 @@ sys.path.insert(0, str(ROOT / "collections"))
 from ansible_collections.gpufleet.serving.plugins.module_utils import vllm_launch  # noqa: E402
 
 LEADER, FOLLOWER, GATEWAY = "t-vllm2", "t-vllm3", "t-vllm-cache"
+# tiny-b's other server (alone): it serves while the group restarts.
+OTHER = "t-vllm4"
 KEY = "vllm-scenario-key-0123456789"
 MODEL = "tiny-b"
 LOADGEN = ROOT / "plugins" / "module_utils" / "loadgen.py"
@@ -57,11 +60,27 @@ def unit_processes(container, unit_name):
     return {line.split()[0] for line in lines if line.split()[1:] == [unit_name]}
 
 
-def gateway_serves():
+def leader_serves(port, key):
+    """The group's leader answers a one-token completion on its own instance (the group serves)."""
     body = json.dumps({"model": MODEL, "prompt": "ping", "max_tokens": 1})
-    out = sh(GATEWAY, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", "-H", "Authorization: Bearer " + KEY,
-             "-H", "content-type: application/json", "-d", body, "http://127.0.0.1/v1/completions", check=False)  # fmt: skip
+    out = sh(LEADER, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", "-H", "Authorization: Bearer " + key,
+             "-H", "content-type: application/json", "-d", body, "http://127.0.0.1:%d/v1/completions" % port, check=False)  # fmt: skip
     return out.stdout == "200"
+
+
+def api_lines(container):
+    """Completions the server tier of container has answered 200 (its access log)."""
+    log = sh(container, "cat", "/var/log/nginx/gpufleet-access.log").stdout
+    return sum(1 for line in log.splitlines() if "/v1/completions HTTP" in line and '" 200 ' in line)
+
+
+def guard_stopped_at(container, since):
+    """When the member's group guard logged that the group broke (its journal), as a Unix time."""
+    lines = sh(container, "journalctl", "-u", "vllm@main.service", "-o", "short-unix", "--no-pager", "--since", "@%d" % int(since)).stdout
+    for line in lines.splitlines():
+        if "gpufleet-group-guard:" in line and ("lost " in line or "vLLM ended" in line or "silent for" in line):
+            return float(line.split()[0])
+    pytest.fail("%s's guard logged no broken group since %s:\n%s" % (container, since, lines[-3000:]))
 
 
 def wait_until(what, predicate, timeout=600, every=2):
@@ -108,9 +127,9 @@ def test_each_member_runs_its_launch_under_the_guard(plans, container):
 def test_only_the_leader_serves_http(plans):
     port = plans[FOLLOWER]["instances"][0]["port"]
     assert sh(FOLLOWER, "curl", "-s", "-m", "5", "http://127.0.0.1:%d/health" % port, check=False).returncode != 0
-    # Only the leader is a backend of the fleet gateway's tiny-b pool.
+    # The leader is a backend of the fleet gateway's tiny-b pool (beside t-vllm4), the follower is not.
     conf = sh(GATEWAY, "cat", "/etc/nginx/conf.d/gpufleet.conf").stdout
-    assert "# %s" % LEADER in conf and "# %s" % FOLLOWER not in conf
+    assert "# %s" % LEADER in conf and "# %s" % OTHER in conf and "# %s" % FOLLOWER not in conf
 
 
 def test_group_traffic_only_from_members(plans):
@@ -147,29 +166,49 @@ class Load:
         return json.loads(out)
 
 
-def test_a_killed_follower_restarts_the_group(plans):
-    """SIGKILL of the follower's vLLM under load: the group goes down as a whole (the leader too, not a leader that
-    answers /health and hangs), systemd brings both back, and the fleet gateway serves tiny-b again."""
+def test_a_killed_follower_restarts_the_group_and_the_model_keeps_serving(plans):
+    """SIGKILL of the follower's vLLM under load, at a moment the leader holds a request: the group goes down as a
+    whole (the leader too, not a leader that answers /health and hangs), systemd brings both back; meanwhile the
+    fleet gateway sends tiny-b's requests to its other server (t-vllm4), so only the requests the group held fail;
+    once back, the leader takes requests again."""
     leader_restarts, follower_restarts = int(unit(LEADER, "NRestarts")), int(unit(FOLLOWER, "NRestarts"))
     follower_group = unit_processes(FOLLOWER, "vllm@main.service")
     victim = child_of(FOLLOWER, unit(FOLLOWER, "MainPID"))
+    port = plans[LEADER]["instances"][0]["port"]
+    key = sh(LEADER, "sed", "-n", "s/^VLLM_API_KEY=//p", "/etc/vllm/instance-api-key").stdout.strip()
     load = Load()
     time.sleep(8)
+    # The kill at a moment the leader's vLLM reports a running request (up to a minute), so that the group holds
+    # one; the kill's moment is taken where it happens.
+    wait_running = (
+        "for i in $(seq 600); do"
+        " n=$(curl -s --max-time 2 http://127.0.0.1:%d/metrics | awk '/^vllm:num_requests_running/ {s += $2} END {print int(s)}');"
+        ' [ "${n:-0}" -ge 1 ] && break; sleep 0.1; done; echo ${n:-0}' % port
+    )
+    running_at_kill = int(sh(LEADER, "sh", "-c", wait_running).stdout.split()[-1])
     killed_at = float(sh(FOLLOWER, "sh", "-c", "date +%%s.%%N; kill -9 %s" % victim).stdout.split()[0])
     wait_until("the leader's unit restarts", lambda: int(unit(LEADER, "NRestarts")) > leader_restarts, timeout=60, every=1)
     leader_down_at = time.time()
-    back_at = wait_until("the fleet gateway serves tiny-b again", gateway_serves, timeout=600, every=2)
-    time.sleep(10)
+    # When the leader's guard took the group down (its journal): requests that overlap the kill and that moment
+    # were in the group's hands while it broke.
+    broke_at = guard_stopped_at(LEADER, killed_at)
+    back_at = wait_until("the group's leader answers again", lambda: leader_serves(port, key), timeout=600, every=2)
+    served_before = api_lines(LEADER)
+    in_pool_at = wait_until("the fleet gateway sends requests to the leader again", lambda: api_lines(LEADER) > served_before, timeout=120)
+    time.sleep(8)
     summary = load.stop()
     records = load.records
     failed = [r for r in records if r["outcome"] != "ok"]
-    in_flight = [r for r in records if r["start"] <= killed_at < r["end"]]
-    during = [r for r in records if killed_at < r["start"] < back_at]
+    in_flight = [r for r in records if r["start"] <= broke_at and r["end"] > killed_at]
+    during = [r for r in records if broke_at < r["start"] < back_at]
     after = [r for r in records if r["start"] >= back_at]
     figures = {
         "killed": "the follower's vLLM (vllm serve --headless), SIGKILL",
+        "leader_running_requests_at_kill": running_at_kill,
+        "group_down_after_s": round(broke_at - killed_at, 2),
         "leader_restarted_after_s": round(leader_down_at - killed_at, 1),
         "serving_again_after_s": round(back_at - killed_at, 1),
+        "back_in_the_pool_after_s": round(in_pool_at - killed_at, 1),
         "requests": len(records),
         "in_flight_at_kill": len(in_flight),
         "failed_in_flight": len([r for r in in_flight if r["outcome"] != "ok"]),
@@ -189,6 +228,9 @@ def test_a_killed_follower_restarts_the_group(plans):
     assert unit(LEADER, "ActiveState") == "active" and unit(FOLLOWER, "ActiveState") == "active"
     # No process of the follower's old group survives (KillMode=control-group).
     assert follower_group.isdisjoint(sh(FOLLOWER, "ps", "-eo", "pid=").stdout.split()), follower_group
-    # Nothing failed before the kill; every request started once the group serves again succeeds.
+    # Only requests the group held while it broke failed: nothing before the kill, nothing the fleet gateway
+    # received while the group was down (its other server took them), nothing after.
     assert all(r["outcome"] == "ok" for r in records if r["end"] <= killed_at)
+    assert [r for r in failed if r not in in_flight] == [], [r for r in failed if r not in in_flight][:5]
+    assert figures["started_while_down"] >= 5 and figures["failed_while_down"] == 0, during[:5]
     assert figures["started_after"] >= 3 and figures["failed_after"] == 0, after[:5]

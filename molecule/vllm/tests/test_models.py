@@ -1,7 +1,7 @@
 """Two models, one address: the fleet gateway (t-vllm-cache) routes each request by the model it names.
 
-t-vllm1 serves `tiny` (two instances), t-vllm2 `tiny-b` (one): gpufleet_models in
-molecule.yml. The client is the official `openai` package, the one vLLM's own
+t-vllm1 serves `tiny` (two instances); `tiny-b` is served by the group of t-vllm2 (its leader, the
+one that takes requests) and t-vllm3, and by t-vllm4 alone: gpufleet_models in molecule.yml. The client is the official `openai` package, the one vLLM's own
 virtualenv holds, run on t-vllm1 against the gateway's address; the server
 tiers' access logs say which GPU server each request reached.
 """
@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ SCENARIO = Path(__file__).resolve().parents[1]
 GATEWAY = "t-vllm-cache"
 URL = "http://%s/v1" % GATEWAY
 KEY = "vllm-scenario-key-0123456789"
-SERVERS = {"tiny": "t-vllm1", "tiny-b": "t-vllm2"}
+# The GPU servers that take each model's requests (a group's follower takes none).
+SERVERS = {"tiny": ["t-vllm1"], "tiny-b": ["t-vllm2", "t-vllm4"]}
 ACCESS_LOG = "/var/log/nginx/gpufleet-access.log"
 CLIENT = "t-vllm1"
 
@@ -96,7 +98,7 @@ def test_each_model_answers_through_one_address_and_reaches_only_its_servers():
         asks += [{"kind": "chat", "model": model, "stream": False}, {"kind": "chat", "model": model, "stream": True}]
         asks += [{"kind": "completion", "model": model}, {"kind": "chat", "model": model, "stream": False}]
     asks += [{"kind": "chat", "model": "tiny", "stream": True}] * 2
-    before = {name: len(log_lines(name)) for name in SERVERS.values()}
+    before = {name: len(log_lines(name)) for servers in SERVERS.values() for name in servers}
     found = ask_openai(asks)
     assert found["errors"] == []
     assert [a["model"] for a in found["answers"]] == [a["model"] for a in asks], "an answer came from another model"
@@ -104,10 +106,10 @@ def test_each_model_answers_through_one_address_and_reaches_only_its_servers():
     assert streamed and all(a["chunks"] >= 3 for a in streamed), streamed
     # The server tiers' access logs: every request for a model reached a server of that model, and only those
     # (tiny's through vLLM's router, by the route to one instance, besides the router's render requests).
-    for model, server in SERVERS.items():
-        new = [line for line in log_lines(server)[before[server] :] if API_LINE.search(line)]
+    for model, servers in SERVERS.items():
+        new = [line for server in servers for line in log_lines(server)[before[server] :] if API_LINE.search(line)]
         wanted = sum(1 for a in asks if a["model"] == model)
-        assert len(new) == wanted, "%s logged %d requests, %d were for its model %s:\n%s" % (server, len(new), wanted, model, "\n".join(new))
+        assert len(new) == wanted, "%s logged %d requests, %d were for their model %s:\n%s" % (servers, len(new), wanted, model, "\n".join(new))
         assert all(" 200 " in line for line in new), new
 
 
@@ -151,7 +153,7 @@ def test_a_server_added_to_a_models_group_joins_that_pool_only(tmp_path):
     a second inventory; nothing changes on the gateway)."""
     extra = tmp_path / "added.yml"
     extra.write_text(
-        "all:\n  children:\n    gpu_servers:\n      hosts:\n        t-vllm3: {gateway_address: 10.89.7.3}\n    model_tiny_b:\n      hosts:\n        t-vllm3:\n"
+        "all:\n  children:\n    gpu_servers:\n      hosts:\n        t-vllm5: {gateway_address: 10.89.7.5}\n    model_tiny_b:\n      hosts:\n        t-vllm5:\n"
     )
     env = dict(
         os.environ,
@@ -164,22 +166,33 @@ def test_a_server_added_to_a_models_group_joins_that_pool_only(tmp_path):
     run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False, cwd=str(SCENARIO))
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     lines = run.stdout.splitlines()
-    added = [i for i, line in enumerate(lines) if line.startswith("+") and "server 10.89.7.3:" in line]
-    assert len(added) == 1 and lines[added[0]].endswith("# t-vllm3 (10.89.7.3)"), run.stdout[-4000:]
+    added = [i for i, line in enumerate(lines) if line.startswith("+") and "server 10.89.7.5:" in line]
+    assert len(added) == 1 and lines[added[0]].endswith("# t-vllm5 (10.89.7.5)"), run.stdout[-4000:]
+    # Nothing else is added: not the group's follower t-vllm3 either, whose plan the run (limited to the gateway)
+    # reads from the server (roles/gateway/tasks/inputs.yml).
+    assert [line for line in lines if line.startswith("+") and "server " in line] == [lines[added[0]]], run.stdout[-4000:]
     assert not [line for line in lines if line.startswith("-") and "server " in line]
-    # In the upstream of tiny-b (the diff's context above the new line), which the map names for tiny-b.
-    above = lines[added[0] - 3 : added[0]]
-    assert above[0].strip() == "upstream gpufleet_fleet_2 {" and "# t-vllm2" in above[2], above
+    # In the upstream of tiny-b: the diff's context above the new line, back to the block's opening (or the hunk's
+    # start), names tiny-b's servers and no other.
+    above, opening = [], ""
+    for line in reversed(lines[: added[0]]):
+        if line.startswith("@@") or "{" in line:
+            opening = line
+            break
+        above.append(line)
+    assert sorted(re.findall(r"# (t-vllm\d)", "\n".join(above))) == SERVERS["tiny-b"], above
+    assert opening.startswith("@@") or opening.strip() == "upstream gpufleet_fleet_2 {", opening
     conf = testinfra.get_host("podman://" + GATEWAY).file("/etc/nginx/conf.d/gpufleet.conf").content_string
-    assert '"tiny-b" gpufleet_fleet_2;' in conf and "10.89.7.3" not in conf
+    assert '"tiny-b" gpufleet_fleet_2;' in conf and "10.89.7.5" not in conf
 
 
 def test_a_model_without_a_server_in_service_leaves_the_other_serving():
-    """t-vllm2's server tier stopped: tiny-b is unavailable (a JSON 5xx, /health 503 naming it), tiny serves, and
-    /v1/models lists what answers."""
-    server = testinfra.get_host("podman://" + SERVERS["tiny-b"])
-    assert server.run("systemctl stop nginx").rc == 0
+    """The server tiers of tiny-b's servers stopped: tiny-b is unavailable (a JSON 5xx, /health 503 naming it),
+    tiny serves, and /v1/models lists what answers."""
+    servers = [testinfra.get_host("podman://" + name) for name in SERVERS["tiny-b"]]
     try:
+        for server in servers:
+            assert server.run("systemctl stop nginx").rc == 0
         assert curl("http://127.0.0.1/health") == (503, {"status": "unavailable", "models": {"tiny": "ok", "tiny-b": "unavailable"}})
         found = ask_openai([{"kind": "models"}, {"kind": "completion", "model": "tiny-b"}, {"kind": "completion", "model": "tiny"}])
         assert found["models"] == ["tiny"]
@@ -187,8 +200,14 @@ def test_a_model_without_a_server_in_service_leaves_the_other_serving():
         (error,) = found["errors"]
         assert error["status"] in (502, 503) and error["body"]["type"] == "server_error", error
     finally:
-        assert server.run("systemctl start nginx").rc == 0
-    assert curl("http://127.0.0.1/health")[0] == 200
+        for server in servers:
+            assert server.run("systemctl start nginx").rc == 0
+    # The fleet tier took both servers out for their fail_timeout (10 s: max_fails=2 reached while they were
+    # down); it serves tiny-b again once that has passed.
+    deadline = time.time() + 30
+    while curl("http://127.0.0.1/health")[0] != 200:
+        assert time.time() < deadline, "tiny-b did not come back within 30 s of its servers' nginx starting"
+        time.sleep(1)
 
 
 def test_the_cache_aware_model_keeps_a_prefix_on_one_instance():
@@ -196,13 +215,15 @@ def test_the_cache_aware_model_keeps_a_prefix_on_one_instance():
     reach one instance of t-vllm1, by the server tier's route to that instance; tiny-b's never take a route."""
     words = " ".join(["the fleet shares this long system prompt"] * 12)
     asks = [{"kind": "completion", "model": "tiny", "prompt": "%s %s question %d" % (p, words, i)} for p in ("alpha", "omega") for i in range(3)]
-    before = len(log_lines(SERVERS["tiny"]))
+    (server,) = SERVERS["tiny"]
+    before = len(log_lines(server))
     found = ask_openai(asks)
     assert found["errors"] == [] and len(found["answers"]) == len(asks)
-    reached = [API_LINE.search(line).group("instance") for line in log_lines(SERVERS["tiny"])[before:] if API_LINE.search(line)]
+    reached = [API_LINE.search(line).group("instance") for line in log_lines(server)[before:] if API_LINE.search(line)]
     assert len(reached) == len(asks) and None not in reached, reached
     assert len(set(reached[:3])) == 1 and len(set(reached[3:])) == 1, reached
-    assert not [line for line in log_lines(SERVERS["tiny-b"]) if "/_gpufleet/instance/" in line and "/health" not in line]
+    for other in SERVERS["tiny-b"]:
+        assert not [line for line in log_lines(other) if "/_gpufleet/instance/" in line and "/health" not in line], other
 
 
 def test_the_router_runs_its_launch_alone_on_loopback():

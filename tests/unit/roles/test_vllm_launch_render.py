@@ -92,6 +92,7 @@ INVENTORIES = {
     "molecule-vllm/t-vllm1": lambda: molecule_vars("vllm", "t-vllm1"),
     "molecule-vllm/t-vllm2": lambda: molecule_vars("vllm", "t-vllm2"),
     "molecule-vllm/t-vllm3": lambda: molecule_vars("vllm", "t-vllm3"),
+    "molecule-vllm/t-vllm4": lambda: molecule_vars("vllm", "t-vllm4"),
     "molecule-site/t-site-gpu1": lambda: molecule_vars("site", "t-site-gpu1"),
     "molecule-site/t-site-gpu2": lambda: molecule_vars("site", "t-site-gpu2"),
 }
@@ -102,7 +103,7 @@ def template(text, variables):
 
 
 def plan_for(inventory, tmp_path):
-    """The plan the plan role makes for these inventory variables (cards: the two-H200 capture)."""
+    """The plan the plan role makes for these inventory variables (cards: the scenario's capture, else the two-H200 one)."""
     tiny = tmp_path / "tiny-model"
     tiny.mkdir(exist_ok=True)
     (tiny / "config.json").write_text(json.dumps(TINY))
@@ -113,7 +114,9 @@ def plan_for(inventory, tmp_path):
         variables["plan_model_config"] = str(ROOT / "inventory" / "example" / "models" / "llama-3.1-8b-instruct")
     else:
         variables["plan_model_config"] = str(tiny)
-    snapshot = Path(variables["plan_nvml_snapshot"].replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT))) if variables.get("_test_host") else SNAPSHOT
+    # A molecule scenario's own capture (the group's, t-vllm4's one H100), else the two-H200 one.
+    given = str(variables.get("plan_nvml_snapshot") or "")
+    snapshot = Path(given.replace("${MOLECULE_PROJECT_DIRECTORY}", str(ROOT))) if "${MOLECULE_PROJECT_DIRECTORY}" in given else SNAPSHOT
     variables["plan_nvml_snapshot"] = str(snapshot)
     variables["plan_measured"] = ""
     facts = {"nvidia_gpus": nvml_facts.facts_from_raw(json.loads(snapshot.read_text()), "snapshot")}
@@ -277,14 +280,21 @@ def test_no_role_default_duplicates_a_plan_setting(role):
 
 
 def test_the_two_model_fleet_serves_each_servers_model_under_its_name(tmp_path):
-    """molecule/vllm's gpufleet_models: t-vllm1 in model_tiny, t-vllm2 and t-vllm3 (a group) in model_tiny_b."""
+    """molecule/vllm's gpufleet_models: t-vllm1 in model_tiny; t-vllm2 and t-vllm3 (a group) and t-vllm4 (alone) in
+    model_tiny_b."""
     names = {}
-    for host in ("t-vllm1", "t-vllm2", "t-vllm3"):
+    for host in ("t-vllm1", "t-vllm2", "t-vllm3", "t-vllm4"):
         plan = plan_for(INVENTORIES["molecule-vllm/" + host](), tmp_path)
         (served,) = {i["argv"][i["argv"].index("--served-model-name") + 1] for i in plan["instances"]}
         names[host] = (served, plan["launch"]["model_path"])
     b = ("tiny-b", "/var/lib/vllm/models/tiny-b")
-    assert names == {"t-vllm1": ("tiny", "/var/lib/vllm/models/tiny"), "t-vllm2": b, "t-vllm3": b}
+    assert names == {"t-vllm1": ("tiny", "/var/lib/vllm/models/tiny"), "t-vllm2": b, "t-vllm3": b, "t-vllm4": b}
+
+
+def test_the_second_server_of_tiny_b_plans_alone(tmp_path):
+    """t-vllm4 is in tiny-b's model group, not in the server group: one instance of its own, no group."""
+    plan = plan_for(INVENTORIES["molecule-vllm/t-vllm4"](), tmp_path)
+    assert plan["topology"] != "pp" and not plan.get("group") and len(plan["instances"]) == 1, plan["topology"]
 
 
 def test_the_group_of_the_vllm_scenario_plans_a_leader_and_a_follower(tmp_path):
