@@ -15,8 +15,8 @@ description:
   - Checks a plan given to the vllm role (from M(gpufleet.serving.vllm_plan), or edited by hand) before anything is
     written - instances with their own cards and ports (1024-65535), names fit for a systemd unit, arguments and
     environment that systemd can carry, and a launch that agrees field by field with the plan's figures
-    (C(--max-model-len), C(--dtype), C(--gpu-memory-utilization), C(--max-num-seqs), the parallel sizes,
-    C(CUDA_VISIBLE_DEVICES), C(VLLM_CPU_KVCACHE_SPACE)).
+    (C(--max-model-len), C(--dtype), C(--gpu-memory-utilization) or C(--kv-cache-memory-bytes), C(--max-num-seqs),
+    the parallel sizes, C(CUDA_VISIBLE_DEVICES)).
   - Returns a list with the message of the first problem, naming the variable to change; an empty list when the plan
     can be launched.
 positional: _input, prefix

@@ -22,7 +22,7 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 DEFAULT_BASE_PORT = 8001
 # Where the vllm role stages a model by default (its vllm_home is /var/lib/vllm).
 DEFAULT_MODEL_ROOT = "/var/lib/vllm/models"
-# CPU build: GiB of KV cache each worker allocates (VLLM_CPU_KVCACHE_SPACE).
+# CPU build: GiB of KV cache each worker allocates (--kv-cache-memory-bytes).
 DEFAULT_CPU_KVCACHE_SPACE_GIB = 1
 # Per card, outside weights and KV cache: the activation peak of a prefill chunk,
 # CUDA graphs, and the memory torch does not allocate (NCCL and cuBLAS workspaces).
@@ -105,6 +105,8 @@ MAX_CARD_BYTES = 2**50
 MAX_MODEL_LEN = 2**27
 MAX_CONCURRENCY = 2**20
 MAX_OVERHEAD_GIB = 1024.0
+# A CPU worker's KV cache (cpu_kvcache_space_gib), GiB: from 64 MiB.
+MIN_CPU_KVCACHE_GIB = 0.0625
 MAX_CPU_KVCACHE_GIB = 65536
 MAX_NUM_SEQS = 2**20
 MAX_MEASURED_AGE_DAYS = 36500

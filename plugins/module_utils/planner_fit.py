@@ -26,6 +26,7 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common im
 )
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_model import decode_bytes, kv_bytes_per_token, weight_bytes
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_narrate import fmt_gib_value, nowhere_words
+from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import cpu_kv_cache_bytes
 
 
 def tp_sizes(spec, limit):
@@ -102,10 +103,10 @@ def latency_estimates(a):
 
 
 def cpu_kv_tokens(a, tp):
-    """(KV tokens, bytes per token per worker) of one instance on vLLM's CPU build: VLLM_CPU_KVCACHE_SPACE over a token's share."""
+    """(KV tokens, bytes per token per worker) of one instance on vLLM's CPU build: each worker's KV cache over a token's share."""
     per_token = kv_bytes_per_token(a["spec"], tp)
     space_gib, tokens = a["cpu_kvcache_space_gib"], a["tokens"]
-    kv_tokens = int(space_gib * GIB) // per_token
+    kv_tokens = cpu_kv_cache_bytes(space_gib) // per_token
     if kv_tokens < tokens:
         need = tokens * per_token / float(GIB)
         raise PlanError(

@@ -43,8 +43,8 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common im
     other_bytes,
 )
 from ansible_collections.gpufleet.serving.plugins.module_utils.planner_model import kv_bytes_per_token, weight_bytes
-from ansible_collections.gpufleet.serving.plugins.module_utils.planner_narrate import cpu_kv_words, fit_words, no_p2p_words, unused_words
-from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import default_max_num_seqs
+from ansible_collections.gpufleet.serving.plugins.module_utils.planner_narrate import cpu_kv_words, fit_words, fmt_gib_value, no_p2p_words, unused_words
+from ansible_collections.gpufleet.serving.plugins.module_utils.vllm_launch import cpu_kv_cache_bytes, default_max_num_seqs
 
 GROUP_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -415,15 +415,16 @@ def group_of(group, index, mine):
 
 
 def cpu_stage_tokens(a, stages):
-    """(KV tokens, bytes per token per worker) of a pipeline on vLLM's CPU build: each worker's VLLM_CPU_KVCACHE_SPACE over its stage's share."""
+    """(KV tokens, bytes per token per worker) of a pipeline on vLLM's CPU build: each worker's KV cache over its stage's share."""
     per_token = max(stage["kv_token_card"] for stage in stages)
-    kv_tokens = int(a["cpu_kvcache_space_gib"] * GIB) // per_token
+    kv_tokens = cpu_kv_cache_bytes(a["cpu_kvcache_space_gib"]) // per_token
     if kv_tokens < a["tokens"]:
+        need = math.ceil(a["tokens"] * per_token / float(GIB) * 100) / 100.0
         raise PlanError(
             "cpu_kvcache_space_gib",
-            "%d GiB of KV cache per worker holds %d tokens of its stage's layers, fewer than max_model_len %d x concurrency %d = %d: "
-            "set cpu_kvcache_space_gib to %d or more, or lower max_model_len or concurrency"
-            % (a["cpu_kvcache_space_gib"], kv_tokens, a["max_model_len"], a["concurrency"], a["tokens"], math.ceil(a["tokens"] * per_token / float(GIB))),
+            "%s GiB of KV cache per worker holds %d tokens of its stage's layers, fewer than max_model_len %d x concurrency %d = %d: "
+            "set cpu_kvcache_space_gib to %s or more, or lower max_model_len or concurrency"
+            % (fmt_gib_value(a["cpu_kvcache_space_gib"]), kv_tokens, a["max_model_len"], a["concurrency"], a["tokens"], fmt_gib_value(need)),
         )
     return kv_tokens, per_token
 

@@ -184,7 +184,7 @@ def latency_words(a, est):
 
 def cpu_kv_words(tp, space_gib, per_token, kv_tokens):
     return (
-        "CPU build: each of the %d worker%s standing in for a card keeps %s GiB of KV cache (VLLM_CPU_KVCACHE_SPACE), %d bytes per token on each: %d tokens."
+        "CPU build: each of the %d worker%s standing in for a card keeps %s GiB of KV cache (--kv-cache-memory-bytes), %d bytes per token on each: %d tokens."
         % (
             tp,
             "" if tp == 1 else "s",

@@ -34,6 +34,7 @@ from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common im
     MAX_MODEL_LEN,
     MAX_NUM_SEQS,
     MAX_OVERHEAD_GIB,
+    MIN_CPU_KVCACHE_GIB,
     OBJECTIVES,
     TOPOLOGIES,
     PlanError,
@@ -340,12 +341,11 @@ def _check_inputs(inputs):
 def _check_serving_inputs(*, device, cpu_kvcache_space_gib, max_num_seqs, concurrency):
     if device not in DEVICES:
         raise PlanError("device", "%r is not a vLLM build; use cuda or cpu" % (device,))
-    # vLLM's CPU build reads VLLM_CPU_KVCACHE_SPACE with int(): whole GiB only.
-    if not is_int(cpu_kvcache_space_gib, 1, MAX_CPU_KVCACHE_GIB):
+    # The launch gives vLLM bytes (--kv-cache-memory-bytes): fractions of a GiB too, from 64 MiB.
+    if not is_number(cpu_kvcache_space_gib, MIN_CPU_KVCACHE_GIB, MAX_CPU_KVCACHE_GIB):
         raise PlanError(
             "cpu_kvcache_space_gib",
-            "must be a whole number of GiB from 1 to %d (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer), not %r"
-            % (MAX_CPU_KVCACHE_GIB, cpu_kvcache_space_gib),
+            "must be a number of GiB from %g (64 MiB) to %d, such as 0.25 or 1, not %r" % (MIN_CPU_KVCACHE_GIB, MAX_CPU_KVCACHE_GIB, cpu_kvcache_space_gib),
         )
     if not is_int(max_num_seqs, 0, MAX_NUM_SEQS):
         raise PlanError(

@@ -573,7 +573,7 @@ SCHEMAS = {
         "plan_measured_max_age_days": integer(1, 36500),
         "plan_require_gpus": boolean,
         "plan_device": one_of("cuda", "cpu"),
-        "plan_cpu_kvcache_space_gib": integer(1, 4096),
+        "plan_cpu_kvcache_space_gib": number(0.0625, 4096),
         "plan_cpu_bind_cores": boolean,
         "plan_max_num_seqs": integer(0, 65536),
         "plan_model_path": server_path(empty=True),

@@ -27,6 +27,8 @@ import ipaddress
 import json
 import re
 
+from ansible_collections.gpufleet.serving.plugins.module_utils.planner_common import GIB, MAX_CPU_KVCACHE_GIB, MIN_CPU_KVCACHE_GIB
+
 # The module vLLM's OpenAI-compatible server runs as (``python -m ...``).
 ENTRYPOINT = ("-m", "vllm.entrypoints.openai.api_server")
 DEVICES = ("cuda", "cpu")
@@ -301,6 +303,11 @@ def default_max_num_seqs(concurrency):
     return max(DEFAULT_MAX_NUM_SEQS, int(concurrency))
 
 
+def cpu_kv_cache_bytes(space_gib):
+    """The bytes of KV cache of a worker of vLLM's CPU build (--kv-cache-memory-bytes) for the plan's cpu_kvcache_space_gib."""
+    return round(space_gib * GIB)
+
+
 def _fmt(value):
     """A number as vLLM's argument parser reads it back (0.9, not 0.90000001; 8, not 8.0)."""
     if isinstance(value, float):
@@ -323,6 +330,10 @@ def planned_arguments(plan):
         args += ["--dtype", dtype]
     if plan["device"] == "cuda":
         args += ["--gpu-memory-utilization", _fmt(plan["gpu_memory_utilization"])]
+    else:
+        # Each worker's KV cache, in bytes: vLLM's own setting, finer than the CPU build's VLLM_CPU_KVCACHE_SPACE
+        # (whole GiB), which would override it and which the launch therefore never sets.
+        args += ["--kv-cache-memory-bytes", str(cpu_kv_cache_bytes(plan["cpu_kvcache_space_gib"]))]
     args += ["--max-num-seqs", str(plan["max_num_seqs"])]
     if plan["tensor_parallel_size"] > 1:
         args += ["--tensor-parallel-size", str(plan["tensor_parallel_size"])]
@@ -388,8 +399,7 @@ def instance_env(plan, instance, settings):
         env["GLOO_SOCKET_IFNAME"] = plan["group"]["interface"]
         env["NCCL_SOCKET_IFNAME"] = plan["group"]["interface"]
     if plan["device"] == "cpu":
-        # A planned card is a worker process; VLLM_CPU_KVCACHE_SPACE is each worker's KV cache in GiB.
-        env["VLLM_CPU_KVCACHE_SPACE"] = _fmt(plan["cpu_kvcache_space_gib"])
+        # A planned card is a worker process (its KV cache: --kv-cache-memory-bytes, planned_arguments).
         if settings["cpu_bind_cores"]:
             env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(card) for card in instance["gpus"])
         else:
@@ -515,10 +525,10 @@ def launch_mismatches(plan):
             problems.append("instance %s: CUDA_VISIBLE_DEVICES is %r but the plan gives it cards %r" % (name, env.get("CUDA_VISIBLE_DEVICES"), cards))
         if env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
             problems.append("instance %s: CUDA_DEVICE_ORDER must be PCI_BUS_ID (NVML's numbering), not %r" % (name, env.get("CUDA_DEVICE_ORDER")))
-        if plan.get("device") == "cpu" and env.get("VLLM_CPU_KVCACHE_SPACE") != _fmt(plan.get("cpu_kvcache_space_gib")):
+        if "VLLM_CPU_KVCACHE_SPACE" in env:
             problems.append(
-                "instance %s: VLLM_CPU_KVCACHE_SPACE is %r but the plan's KV cache is %r GiB"
-                % (name, env.get("VLLM_CPU_KVCACHE_SPACE"), plan.get("cpu_kvcache_space_gib"))
+                "instance %s: VLLM_CPU_KVCACHE_SPACE is set (%r): vLLM's CPU build would take it over --kv-cache-memory-bytes, the plan's %r GiB"
+                % (name, env["VLLM_CPU_KVCACHE_SPACE"], plan.get("cpu_kvcache_space_gib"))
             )
         if "launch_sha1" in instance and instance["launch_sha1"] != launch_digest(instance.get("argv") or [], env, instance.get("guard_argv") or ()):
             problems.append("instance %s: launch_sha1 is not the fingerprint of its argv and env (edited by hand?)" % name)
@@ -536,6 +546,13 @@ def _check_plan_shape(plan, where):
             raise LaunchError("plan", "%s has no %s: make it again with gpufleet.serving.vllm_plan (this collection's version)" % (where, key))
     if plan["device"] not in DEVICES:
         raise LaunchError("device", "%s device must be cuda or cpu, not %r" % (where, plan["device"]))
+    space = plan.get("cpu_kvcache_space_gib")
+    if plan["device"] == "cpu" and (isinstance(space, bool) or not isinstance(space, (int, float)) or not MIN_CPU_KVCACHE_GIB <= space <= MAX_CPU_KVCACHE_GIB):
+        raise LaunchError(
+            "cpu_kvcache_space_gib",
+            "%s cpu_kvcache_space_gib must be a number of GiB from %g to %d for the CPU build, not %r"
+            % (where, MIN_CPU_KVCACHE_GIB, MAX_CPU_KVCACHE_GIB, space),
+        )
 
 
 def _instance_name(instance, where):

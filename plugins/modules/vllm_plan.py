@@ -199,15 +199,16 @@ options:
       - V(cuda) launches vLLM's CUDA build on the cards.
       - V(cpu) launches vLLM's CPU build standing in for them (tests, demo). The topology is still planned for the
         cards, one worker process per planned card, and the KV cache of each worker is O(cpu_kvcache_space_gib)
-        (C(VLLM_CPU_KVCACHE_SPACE)), so the plan's KV tokens are that space.
+        (vLLM's C(--kv-cache-memory-bytes)), so the plan's KV tokens are that space.
     type: str
     choices: [cuda, cpu]
     default: cuda
   cpu_kvcache_space_gib:
     description:
-      - With O(device=cpu), GiB of KV cache each worker allocates (C(VLLM_CPU_KVCACHE_SPACE)), a whole number (vLLM
-        reads it as an integer).
-    type: int
+      - With O(device=cpu), GiB of KV cache each worker allocates, from 0.0625 (64 MiB). The launch gives vLLM the
+        bytes (C(--kv-cache-memory-bytes)); C(VLLM_CPU_KVCACHE_SPACE), whole GiB only, would override them and is
+        never set.
+    type: float
     default: 1
   max_num_seqs:
     description:
@@ -260,7 +261,7 @@ options:
         default: []
       extra_env:
         description:
-          - Further environment variables. Those the launch sets from the plan (C(CUDA_VISIBLE_DEVICES),
+          - Further environment variables. Those that would change a plan's setting (C(CUDA_VISIBLE_DEVICES),
             C(VLLM_CPU_KVCACHE_SPACE), ...) are refused; values are limited to a safe character set.
         type: dict
         default: {}
@@ -505,7 +506,7 @@ plan:
       sample: 256
     cpu_kvcache_space_gib:
       description: With O(device=cpu), the KV cache of each worker in GiB.
-      type: int
+      type: float
       returned: when O(device=cpu)
     quantized_checkpoint:
       description: Whether the checkpoint itself is quantized (fp8 or int4), so that vLLM reads its quantization from it.
@@ -623,7 +624,7 @@ def main():
             measured=dict(type="path"),
             measured_max_age_days=dict(type="int", default=DEFAULT_MEASURED_MAX_AGE_DAYS),
             device=dict(type="str", choices=list(DEVICES), default="cuda"),
-            cpu_kvcache_space_gib=dict(type="int", default=DEFAULT_CPU_KVCACHE_SPACE_GIB),
+            cpu_kvcache_space_gib=dict(type="float", default=DEFAULT_CPU_KVCACHE_SPACE_GIB),
             max_num_seqs=dict(type="int", default=0),
             group=dict(type="dict", options=GROUP_SPEC),
             launch=dict(type="dict", default={}, options=LAUNCH_SPEC),

@@ -46,7 +46,7 @@ def copy_tool(name):
             "plan_max_model_len": 512,
             "plan_served_model_name": "tiny",
             "plan_enforce_eager": True,
-            "plan_cpu_kvcache_space_gib": 1,
+            "plan_cpu_kvcache_space_gib": 0.25,
         }
         data = json.dumps(settings).encode()
         info = tarfile.TarInfo("settings.json")

@@ -222,7 +222,8 @@ def test_rendered_units_run_what_the_plan_computed(name, tmp_path):
             if plan["topology"] == "pp":
                 # Each worker holds the KV of its pipeline stage's layers only: the fullest stage counts.
                 per_token = per_token * max(plan["memory"]["stage_layers"]) // TINY["num_hidden_layers"]
-            assert plan["memory"]["kv_tokens_per_instance"] == int(instance["env"]["VLLM_CPU_KVCACHE_SPACE"]) * vllm_planner.GIB // per_token
+            assert "VLLM_CPU_KVCACHE_SPACE" not in instance["env"]
+            assert plan["memory"]["kv_tokens_per_instance"] == int(argv[argv.index("--kv-cache-memory-bytes") + 1]) // per_token
             assert argv[argv.index("--dtype") + 1] == plan["dtype"] == "float32"
             assert "--gpu-memory-utilization" not in argv
         else:

@@ -47,7 +47,7 @@ def test_dp_instances_carry_every_planned_value(h200x2):
         assert "--tensor-parallel-size" not in argv and "--data-parallel-size" not in argv
         assert option(argv, "--shutdown-timeout") == "60"
         assert env["CUDA_VISIBLE_DEVICES"] == str(index) and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-        assert "VLLM_CPU_KVCACHE_SPACE" not in env
+        assert "VLLM_CPU_KVCACHE_SPACE" not in env and "--kv-cache-memory-bytes" not in argv
         assert instance["launch_sha1"] == vllm_launch.launch_digest(argv, env)
     assert vllm_launch.launch_mismatches(plan) == []
 
@@ -70,13 +70,31 @@ def test_the_cpu_build_plans_its_kv_cache_from_the_space_it_is_given(h200x2):
     assert plan["memory"]["kv_bytes_per_token"] == 262144
     assert plan["memory"]["kv_tokens_per_instance"] == 2 * vllm_planner.GIB // (262144 // 2) == 16384
     assert plan["memory"]["max_concurrency"] == 32.0
-    assert instance["env"]["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    # vLLM is given the bytes; VLLM_CPU_KVCACHE_SPACE (whole GiB, and it would override them) is not set.
+    assert option(instance["argv"], "--kv-cache-memory-bytes") == str(2 * vllm_planner.GIB)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in instance["env"]
     assert instance["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and instance["env"]["OMP_NUM_THREADS"] == "1"
     assert "--gpu-memory-utilization" not in instance["argv"]
     assert option(instance["argv"], "--dtype") == "float32"
-    assert any("VLLM_CPU_KVCACHE_SPACE" in reason for reason in plan["reasons"])
+    assert any("2 GiB of KV cache (--kv-cache-memory-bytes)" in reason for reason in plan["reasons"])
     bound = vllm_planner.plan(gpus=h200x2, model=MODEL_8B, dtype="float32", max_model_len=512, device="cpu", launch={"cpu_bind_cores": True})
     assert [i["env"]["VLLM_CPU_OMP_THREADS_BIND"] for i in bound["instances"]] == ["0", "1"]
+
+
+def test_a_cpu_kv_cache_may_be_a_fraction_of_a_gib(h200x2):
+    """A quarter of a GiB per worker (the test fleets' setting): the bytes vLLM is given and the tokens planned agree."""
+    plan = vllm_planner.plan(gpus=h200x2, model=MODEL_8B, dtype="float32", max_model_len=512, concurrency=2, device="cpu", cpu_kvcache_space_gib=0.25)
+    for instance in plan["instances"]:
+        assert option(instance["argv"], "--kv-cache-memory-bytes") == str(vllm_planner.GIB // 4)
+    assert plan["memory"]["kv_tokens_per_instance"] == (vllm_planner.GIB // 4) // 262144 == 1024
+    assert vllm_launch.launch_mismatches(plan) == []
+    for bad in (0, 0.01, -1, True, "0.25", float("nan"), 10**6):
+        with pytest.raises(vllm_planner.PlanError, match=r"number of GiB from 0\.0625") as refused:
+            vllm_planner.plan(gpus=h200x2, model=MODEL_8B, dtype="float32", max_model_len=512, device="cpu", cpu_kvcache_space_gib=bad)
+        assert refused.value.param == "cpu_kvcache_space_gib"
+    # A launch that sets VLLM_CPU_KVCACHE_SPACE after all (edited by hand) disagrees with the plan.
+    edited = dict(plan, instances=[dict(plan["instances"][0], env=dict(plan["instances"][0]["env"], VLLM_CPU_KVCACHE_SPACE="1"))])
+    assert any("VLLM_CPU_KVCACHE_SPACE is set" in problem for problem in vllm_launch.launch_mismatches(edited))
 
 
 def test_a_cpu_kv_cache_too_small_for_the_plan_is_refused(h200x2):
